@@ -1,0 +1,1 @@
+"""StudyStream's application package: settings, the Faust app with its topics, and the CLI."""

@@ -1,0 +1,35 @@
+"""``studystream worker``: prepare topics, then hand over to Faust's own worker command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from app.settings import Settings
+
+
+def web_port_from_args(args: list[str], default: int) -> int:
+    """The ``-p/--web-port`` Faust will use, so the table data dir can be named after it."""
+    for i, arg in enumerate(args):
+        if arg in ("-p", "--web-port") and i + 1 < len(args):
+            return int(args[i + 1])
+        if arg.startswith("--web-port="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
+def worker_datadir(settings: Settings, args: list[str]) -> Path:
+    """One table directory per worker on a host: RocksDB locks its files against a second process."""
+    return settings.state_dir / f"worker-{web_port_from_args(args, settings.web_port)}"
+
+
+def run_worker(settings: Settings, args: list[str], datadir: Path | None = None) -> None:
+    from infra.topics import ensure_topics
+
+    ensure_topics(settings)
+    from app import stream_app
+
+    stream_app.load_agents()
+    datadir = datadir or worker_datadir(settings, args)
+    sys.argv = ["studystream", "--datadir", str(datadir), "worker", *args]
+    stream_app.app.main()

@@ -1,0 +1,50 @@
+"""Create StudyStream's topics with the configured partition count before anything produces to them.
+
+Faust declares only its internal topics (changelogs, repartitions); a source topic auto-created by the
+broker on first produce would get the broker's default partition count and break co-partitioning with
+the tables. Every process that produces or consumes calls :func:`ensure_topics` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from app.settings import Settings
+from domain.errors import ConfigurationError
+
+
+async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    """Create the missing topics; return the names created. Existing topics must have the right partitions."""
+    wanted = list(names if names is not None else settings.topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = {t["topic"]: t for t in await admin.describe_topics(wanted) if t["error_code"] == 0}
+        for name, info in existing.items():
+            if len(info["partitions"]) != settings.topic_partitions:
+                raise ConfigurationError(
+                    f"topic {name} has {len(info['partitions'])} partitions, StudyStream is configured for "
+                    f"{settings.topic_partitions} (STUDYSTREAM_TOPIC_PARTITIONS); tables need them equal"
+                )
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            config = {"max.message.bytes": str(settings.max_message_bytes)}
+            response = await admin.create_topics(
+                [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in missing]
+            )
+            for name, code, *rest in response.topic_errors:
+                # Another process may have created it meanwhile: that is fine.
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    message = rest[0] if rest else ""
+                    raise ConfigurationError(f"cannot create topic {name}: error {code} {message}")
+        return missing
+    finally:
+        await admin.close()
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    return asyncio.run(ensure_topics_async(settings, names))

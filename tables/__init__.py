@@ -1,0 +1,1 @@
+"""Faust tables (changelog-backed, RocksDB via rocksdict) holding per-study state."""

@@ -1,0 +1,85 @@
+"""Shared fixtures. Tests that need the real stack FAIL (never skip) when it does not answer.
+
+``make test`` brings the local stack up before pytest; to run tests by hand: ``studystream stack up``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def unique_uid(prefix: str = "1.2.826.0.1.3680043.10.1404") -> str:
+    """A fresh DICOM UID (<= 64 chars) so tests never see each other's studies."""
+    return f"{prefix}.{uuid.uuid4().int % 10**20}"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings as the environment (and .env) give them: the stack `make test` started."""
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings) -> Settings:
+    """The real broker; fails the test when it does not answer."""
+    from infra.stack import kafka_healthy
+
+    if not kafka_healthy(settings, timeout=10):
+        pytest.fail(f"Kafka does not answer at {settings.broker_url}: run `studystream stack up`", pytrace=False)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def fhir(settings: Settings) -> Settings:
+    """The real HAPI FHIR server; fails the test when it does not answer."""
+    from infra.stack import fhir_healthy
+
+    if not fhir_healthy(settings, timeout=10):
+        pytest.fail(f"FHIR does not answer at {settings.fhir_base_url}: run `studystream stack up`", pytrace=False)
+    return settings
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic names, group ids and identifiers."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Run in an empty directory with no STUDYSTREAM_* variables set; returns that directory."""
+    for name in list(os.environ):
+        if name.startswith("STUDYSTREAM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
