@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import shutil
 import socket
@@ -213,16 +214,35 @@ def kafka_healthy(settings: Settings, timeout: float = 5.0) -> bool:
 # --- HAPI FHIR -------------------------------------------------------------------------------------
 
 
+def _hapi_sources() -> list[Path]:
+    root = INFRA_DIR / "hapi"
+    return sorted([root / "pom.xml", root / "application.yaml", *(root / "src").rglob("*.java")])
+
+
 def hapi_dir(settings: Settings) -> Path:
-    return _stack_dir(settings) / "hapi" / settings.hapi_version
+    """Build directory of the HAPI server jar, named after the HAPI version and a hash of our sources,
+    so a change to the launcher or its configuration builds a new jar instead of running a stale one."""
+    digest = hashlib.sha256()
+    for path in _hapi_sources():
+        digest.update(path.read_bytes())
+    return _stack_dir(settings) / "hapi" / f"{settings.hapi_version}-{digest.hexdigest()[:10]}"
+
+
+def hapi_jar(settings: Settings) -> Path:
+    return hapi_dir(settings) / "studystream-hapi.jar"
 
 
 def fetch_hapi(settings: Settings) -> Path:
-    """Build the HAPI FHIR server jar from Maven Central artifacts (cached in ~/.m2), once per version."""
-    out = hapi_dir(settings)
-    jar = out / "studystream-hapi.jar"
+    """Build the HAPI FHIR server jar from Maven Central artifacts (cached in ~/.m2), once per version.
+
+    HAPI's own starter project is not published to Maven Central, so ``infra/hapi`` holds a small
+    Spring Boot launcher that assembles HAPI's JPA server modules (R4, H2).
+    """
+    jar = hapi_jar(settings)
     if not jar.exists():
-        out.mkdir(parents=True, exist_ok=True)
+        out = hapi_dir(settings)
+        for stale in out.parent.glob("*"):
+            shutil.rmtree(stale, ignore_errors=True)  # old builds are ~300 MB each
         _mvn(
             [
                 "-f",
@@ -230,12 +250,16 @@ def fetch_hapi(settings: Settings) -> Path:
                 "package",
                 "-DskipTests",
                 f"-Dhapi.version={settings.hapi_version}",
-                f"-Dstudystream.build.dir={out / 'build'}",
+                f"-Dstudystream.build.dir={out}",
             ],
             f"HAPI FHIR {settings.hapi_version}",
         )
-        shutil.copy2(out / "build" / "studystream-hapi.jar", jar)
-        shutil.rmtree(out / "build", ignore_errors=True)
+        for leftover in ("classes", "maven-archiver", "maven-status", "generated-sources", "studystream-hapi.jar.original"):
+            target = out / leftover
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
     return jar
 
 
@@ -248,10 +272,11 @@ def prepare_hapi(settings: Settings) -> ManagedProcess:
         name="fhir",
         command=[
             _java(settings.hapi_java_home),
+            "-Xms256m",
             f"-Xmx{settings.hapi_heap}",
             "-XX:+UseG1GC",
-            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
+            "-Dfile.encoding=UTF-8",
             "-jar",
             str(jar),
             f"--server.port={settings.fhir_port}",

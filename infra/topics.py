@@ -23,7 +23,13 @@ async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        existing = {t["topic"]: t for t in await admin.describe_topics(wanted) if t["error_code"] == 0}
+        # A metadata request naming a missing topic makes a broker with auto-creation on create it with
+        # its default partition count, so look the names up in the full listing first.
+        present = set(await admin.list_topics())
+        described = (
+            await admin.describe_topics([name for name in wanted if name in present]) if present & set(wanted) else []
+        )
+        existing = {t["topic"]: t for t in described if t["error_code"] == 0}
         for name, info in existing.items():
             if len(info["partitions"]) != settings.topic_partitions:
                 raise ConfigurationError(

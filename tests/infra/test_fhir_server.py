@@ -63,13 +63,15 @@ def test_conditional_create_in_a_transaction_twice_yields_one_patient(fhir: Sett
 
 
 def test_validate_operation_reports_an_invalid_resource(fhir: Settings) -> None:
-    invalid = {"resourceType": "Patient", "gender": "not-a-gender"}
+    # Parses, but lacks Observation.status and .code, which R4 requires: $validate must say so.
+    invalid = {"resourceType": "Observation"}
     response = httpx.post(
-        f"{fhir.fhir_base_url}/Patient/$validate",
+        f"{fhir.fhir_base_url}/Observation/$validate",
         json=invalid,
         headers={"Content-Type": "application/fhir+json"},
         timeout=fhir.fhir_timeout,
     )
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome"
-    assert any(issue["severity"] in ("error", "fatal") for issue in outcome["issue"])
+    errors = [issue for issue in outcome["issue"] if issue["severity"] in ("error", "fatal")]
+    assert any("Observation.status" in str(issue) for issue in errors), errors
