@@ -1,0 +1,1 @@
+"""The DICOM sender: `studystream send`, `send-file`, `echo` and `synth` (see scu/cli.py, scu/synth.py)."""
