@@ -1,0 +1,252 @@
+"""Receiver benchmark: storescu into (a) dcmtk storescp +B, (b) a bare pynetdicom chunked SCP, (c) the receiver.
+
+    STUDYSTREAM_BROKER_URL=kafka://localhost:19092 .venv/bin/python bench/bench_receiver.py [--big 400] [--small 2000]
+
+Prints inst/s, MB/s and peak RSS per receiver for 1 and 4 parallel associations, and the ratios c/b and c/a
+beside the issue's goals (c/b >= 0.9 with one association; c/a >= 0.25 with 4 associations on the 10 KB set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+ROOT = Path(__file__).resolve().parent.parent
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+BARE_SCP = """
+import os, sys, tempfile
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+_config.STORE_RECV_CHUNKED_DATASET = True
+out = sys.argv[2]; tempfile.tempdir = out
+def store(event):
+    os.replace(event.dataset_path, os.path.join(out, event.request.AffectedSOPInstanceUID + ".dcm"))
+    return 0
+ae = AE("BARE"); ae.maximum_pdu_size = 131072; ae.maximum_associations = 16
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, store)])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_set(directory: Path, count: int, pixel_bytes: int) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    side = int((pixel_bytes // 2) ** 0.5)
+    study, series = generate_uid(), generate_uid()
+    pixels = np.random.default_rng(1).integers(0, 4000, size=(side, side), dtype=np.uint16).tobytes()
+    files = []
+    for number in range(1, count + 1):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID = CTImageStorage
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID, ds.Modality, ds.InstanceNumber = "Bench^Patient", "BENCH", "CT", number
+        ds.Rows = ds.Columns = side
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = pixels
+        path = directory / f"{number:06d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"receiver exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def tree_pids(pid: int) -> list[int]:
+    pids = [pid]
+    for candidate in Path("/proc").iterdir():
+        if candidate.name.isdigit():
+            try:
+                fields = (candidate / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                pids.extend(tree_pids(int(candidate.name)))
+    return pids
+
+
+def rss_mb(pid: int) -> float:
+    """Current resident memory of ``pid`` and its children, in MB."""
+    total = 0
+    for member in tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def send(port: int, files: list[Path], associations: int, called_ae: str) -> float:
+    groups = [files[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aec", called_ae, "--max-pdu", "131072", "127.0.0.1", str(port), *map(str, group)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for group in groups
+    ]
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+def run_one(kind: str, files: list[Path], associations: int, work: Path, processes: int) -> dict[str, float]:
+    port = free_port()
+    out = work / f"out-{kind}-{uuid.uuid4().hex[:6]}"
+    out.mkdir(parents=True)
+    env = dict(DCMTK_ENV)  # TCP_NODELAY for storescp too
+    called = "STUDYSTREAM"
+    if kind == "a":
+        argv = ["/usr/bin/storescp", "+B", "--max-pdu", "131072", "-od", str(out)]
+        argv += (["--fork"] if associations > 1 else []) + [str(port)]
+        called = "ANY-SCP"
+    elif kind == "b":
+        argv = [sys.executable, "-c", BARE_SCP, str(port), str(out)]
+    else:  # "c": the receiver; "d": the receiver without fsync (shows what durability costs)
+        metrics_port = free_port()
+        env.update(
+            STUDYSTREAM_TOPIC_RAW=f"bench.raw.{uuid.uuid4().hex[:8]}",
+            STUDYSTREAM_STATE_DIR=str(out / "state"),
+            STUDYSTREAM_RECEIVER_METRICS_PORT=str(metrics_port),
+            STUDYSTREAM_DICOM_HOST="127.0.0.1",
+            STUDYSTREAM_RECEIVER_PROCESSES=str(processes if associations > 1 else 1),
+            STUDYSTREAM_RECEIVER_FSYNC="false" if kind == "d" else "true",
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "scp.cli",
+            "--port",
+            str(port),
+            "--storage-dir",
+            str(out / "store"),
+            "--log-level",
+            "WARNING",
+        ]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, process)
+        time.sleep(1.0 if kind in "cd" else 0.2)  # let the publisher connect before timing
+        base_rss = rss_mb(process.pid)
+        elapsed = send(port, files, associations, called)
+        peak = rss_mb(process.pid)
+        published_after = float("nan")
+        if kind in "cd":
+            published_after = wait_published(env, processes if associations > 1 else 1, elapsed)
+        size_mb = sum(path.stat().st_size for path in files) / 1e6
+        return {
+            "inst_s": len(files) / elapsed,
+            "mb_s": size_mb / elapsed,
+            "rss_mb": peak,
+            "rss_base": base_rss,
+            "published_s": published_after,
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def wait_published(env: dict[str, str], processes: int, send_seconds: float) -> float:
+    """Seconds after the last ack until every outbox is empty."""
+    import orjson
+
+    base = int(env["STUDYSTREAM_RECEIVER_METRICS_PORT"])
+    started = time.perf_counter()
+    while time.perf_counter() - started < 120:
+        depth = 0
+        for slot in range(processes):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{base + slot}/health", timeout=5) as response:
+                    depth += int(orjson.loads(response.read())["outbox_depth"])
+            except OSError:
+                depth += 1
+        if depth == 0:
+            return time.perf_counter() - started
+        time.sleep(0.1)
+    return float("inf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big", type=int, default=400, help="instances of ~0.5 MB")
+    parser.add_argument("--small", type=int, default=2000, help="instances of ~10 KB")
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 2, help="receiving processes for (c) with >1 association"
+    )
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-receiver-", dir=ROOT / "state" if (ROOT / "state").is_dir() else None))
+    try:
+        sets = {
+            "0.5MB": make_set(work / "big", args.big, 512 * 1024),
+            "10KB": make_set(work / "small", args.small, 10 * 1024),
+        }
+        print(f"{'set':6} {'assoc':>5} {'rcv':>3} {'inst/s':>8} {'MB/s':>7} {'RSS MB':>7} {'pub s':>6}")
+        for associations in args.associations:
+            for name, files in sets.items():
+                results = {kind: run_one(kind, files, associations, work, args.processes) for kind in "abcd"}
+                for kind, r in results.items():
+                    print(
+                        f"{name:6} {associations:>5} {kind:>3} {r['inst_s']:8.0f} {r['mb_s']:7.1f} {r['rss_mb']:7.0f} "
+                        f"{r['published_s']:6.2f}"
+                    )
+                cb = results["c"]["inst_s"] / results["b"]["inst_s"]
+                ca = results["c"]["inst_s"] / results["a"]["inst_s"]
+                goal = "c/b goal >= 0.9" if associations == 1 else ("c/a goal >= 0.25" if name == "10KB" else "")
+                db = results["d"]["inst_s"] / results["b"]["inst_s"]
+                print(
+                    f"{name:6} {associations:>5}   c/b = {cb:.2f}   c/a = {ca:.2f}   {goal}   (no-fsync d/b = {db:.2f})"
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DICOM receiver (C-STORE SCP): storage, durable outbox, publisher, metrics."""

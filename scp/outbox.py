@@ -1,0 +1,143 @@
+"""The durable outbox: every event is committed here before its C-STORE is answered with success.
+
+SQLite in WAL mode (``synchronous=FULL`` when fsync is on). A row is written *before* its file is renamed
+into place and is held back from the publisher (in flight) until the handler releases it, so the
+publisher never announces a file that is not there. After a crash, :meth:`Outbox.recover` keeps the
+rows whose file is stored with the recorded SHA-256 and drops the rest (their sender got no success).
+Published rows are deleted: the table holds exactly the unconfirmed events.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from domain.events import InstanceEvent, encode_instance_event
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    stored_path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    value BLOB NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    key: bytes
+    value: bytes
+    created: float  # time.time() when the event was committed
+
+
+class Outbox:
+    """Thread-safe: association threads add and release, the publisher reads and confirms."""
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One connection shared under a lock: commits are serialised by SQLite anyway.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+        self._in_flight: set[int] = set()
+        self._listeners: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def on_release(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the releasing thread) whenever an event becomes publishable."""
+        self._listeners.append(listener)
+
+    def add(self, event: InstanceEvent) -> int:
+        """Commit ``event`` durably; it stays in flight (unpublished) until :meth:`release`."""
+        value = encode_instance_event(event)
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (event.study_uid, event.sop_instance_uid, event.stored_path, event.sha256, value, time.time()),
+            )
+            row_id = int(cursor.lastrowid or 0)
+            self._in_flight.add(row_id)
+        return row_id
+
+    def release(self, row_id: int) -> None:
+        """The event's file is in place: let the publisher have it."""
+        with self._lock:
+            self._in_flight.discard(row_id)
+        for listener in self._listeners:
+            listener()
+
+    def rewrite(self, row_id: int, event: InstanceEvent) -> None:
+        """Replace the event of a row still in flight."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET value = ?, sha256 = ? WHERE id = ?",
+                (encode_instance_event(event), event.sha256, row_id),
+            )
+
+    def discard(self, row_id: int) -> None:
+        """The file could not be placed: the event must never be published."""
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            self._in_flight.discard(row_id)
+
+    def pending(self, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` publishable events in commit order.
+
+        A study whose oldest unpublished event is still in flight is skipped entirely for this round, so
+        every study's events go out in the order they were received.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, study_uid, value, created FROM outbox ORDER BY id LIMIT ?",
+                (limit + len(self._in_flight),),
+            ).fetchall()
+            in_flight = set(self._in_flight)
+        blocked: set[str] = set()
+        entries: list[OutboxEntry] = []
+        for row_id, study_uid, value, created in rows:
+            if row_id in in_flight or study_uid in blocked:
+                blocked.add(study_uid)
+                continue
+            entries.append(OutboxEntry(row_id, study_uid.encode("ascii"), bytes(value), created))
+            if len(entries) >= limit:
+                break
+        return entries
+
+    def confirm(self, row_ids: list[int]) -> None:
+        """The broker has these events (acks=all): forget them."""
+        if not row_ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in row_ids])
+            self._db.execute("COMMIT")
+
+    def depth(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def recover(self, file_matches: Callable[[Path, str], bool]) -> tuple[int, int]:
+        """At start-up: keep rows whose stored file matches, drop the others. Returns (kept, dropped)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, stored_path, sha256 FROM outbox ORDER BY id").fetchall()
+        dropped = [row_id for row_id, path, sha256 in rows if not file_matches(Path(path), sha256)]
+        if dropped:
+            with self._lock:
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in dropped])
+        return len(rows) - len(dropped), len(dropped)

@@ -1,0 +1,148 @@
+"""Durable file storage of received instances, byte for byte as they arrived.
+
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. A file is written under
+a temporary name in ``<root>/.incoming/<slot>/`` (same filesystem, so the final step is an atomic
+rename), fsynced, renamed, and its directory fsynced: after :meth:`InstanceStore.commit` returns, the
+file survives a crash of the process or of the machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from domain.dicom_event import is_valid_uid
+from domain.errors import StudyStreamError
+
+LOG = logging.getLogger(__name__)
+
+_HASH_CHUNK = 1024 * 1024
+_LOCK_STRIPES = 64
+
+
+class StorageError(StudyStreamError):
+    """The instance could not be written durably (disk full, permissions, I/O error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    path: Path
+    size: int
+    sha256: str
+    duplicate: bool  # identical bytes were already stored under this SOP Instance UID
+    replaced: bool  # different bytes were stored under this SOP Instance UID and were replaced
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Stores instances under their UIDs; safe to call from many association threads at once."""
+
+    def __init__(self, root: Path, *, fsync: bool = True, slot: str = "0") -> None:
+        self.root = root
+        self.fsync = fsync
+        self.incoming = root / ".incoming" / slot
+        # One lock per SOP Instance UID stripe: two associations storing the same instance at once must
+        # not interleave their duplicate check and rename.
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def prepare(self) -> int:
+        """Create the directories; delete temporary files a crashed run left behind. Returns how many."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        leftovers = 0
+        for leftover in self.incoming.iterdir():
+            # Never acknowledged: the sender got no success for them and will send them again.
+            leftover.unlink(missing_ok=True)
+            leftovers += 1
+        return leftovers
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        for uid in (study_uid, series_uid, sop_instance_uid):
+            if not is_valid_uid(uid):
+                raise StorageError(f"refusing a path from an invalid UID {uid!r}")
+        return self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+    def stage_bytes(self, data: bytes) -> Path:
+        """Write ``data`` to a new temporary file in the incoming directory (for receptions held in memory)."""
+        fd, name = tempfile.mkstemp(dir=self.incoming, suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            Path(name).unlink(missing_ok=True)
+            raise StorageError(f"cannot stage instance: {exc}") from exc
+        return Path(name)
+
+    def commit(self, staged: Path, target: Path, sha256: str) -> StoredInstance:
+        """Move the staged file (whose hash is ``sha256``) to ``target`` durably, or recognise a duplicate.
+
+        The staged file is consumed (renamed or deleted) on success; on :class:`StorageError` the caller
+        deletes it.
+        """
+        try:
+            size = staged.stat().st_size
+            with self._locks[hash(target.name) % _LOCK_STRIPES]:
+                replaced = False
+                if target.exists():
+                    if target.stat().st_size == size and file_sha256(target) == sha256:
+                        staged.unlink(missing_ok=True)
+                        return StoredInstance(target, size, sha256, duplicate=True, replaced=False)
+                    replaced = True
+                self._place(staged, target)
+        except OSError as exc:
+            raise StorageError(f"cannot store {target.name}: {errno.errorcode.get(exc.errno or 0, exc)}") from exc
+        return StoredInstance(target, size, sha256, duplicate=False, replaced=replaced)
+
+    def _place(self, staged: Path, target: Path) -> None:
+        if self.fsync:
+            _fsync_path(staged)
+        self._make_dirs(target.parent)
+        try:
+            os.replace(staged, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # The staged file lives on another filesystem: copy next to the target, then rename.
+            local = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
+            shutil.copyfile(staged, local)
+            if self.fsync:
+                _fsync_path(local)
+            os.replace(local, target)
+            staged.unlink(missing_ok=True)
+        if self.fsync:
+            _fsync_path(target.parent, directory=True)
+
+    def _make_dirs(self, directory: Path) -> None:
+        if directory.is_dir():
+            return
+        missing = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            # Each new directory's entry lives in its parent: fsync the parents, deepest first.
+            for created in missing:
+                _fsync_path(created.parent, directory=True)

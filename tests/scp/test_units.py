@@ -1,0 +1,182 @@
+"""Pure and local pieces of the receiver: dataset → event, identity checks, storage, outbox (no network)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+
+from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect, person_name
+from domain.events import InstanceEvent, decode_instance_event, encode_instance_event
+from scp.handlers import CallingAllowlist
+from scp.outbox import Outbox
+from scp.storage import InstanceStore, file_sha256
+from tests.scp.conftest import make_dataset
+
+RECEPTION = Reception(
+    transfer_syntax_uid="1.2.840.10008.1.2.1",
+    calling_ae="MOD",
+    called_ae="STUDYSTREAM",
+    peer_address="10.0.0.1:4000",
+    received_at="2024-01-31T10:15:00.000+00:00",
+    stored_path="/x.dcm",
+    size=10,
+    sha256="ab" * 32,
+)
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    """Encode and read back like the receiver does (stop before pixels)."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer, stop_before_pixels=True)
+
+
+def test_event_carries_codes_title_and_every_name_group() -> None:
+    ds = make_dataset(charset=["", "ISO 2022 IR 87"], patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "CTHEAD", "L", "CT Head w/o contrast"
+    ds.ProcedureCodeSequence = [item]
+    ds.ContentLabel = "SCOUT"
+    read = _roundtrip(ds)
+
+    event = instance_event(read, check_identity(read, ds.SOPClassUID, ds.SOPInstanceUID), RECEPTION)
+
+    assert event.patient_name == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert [(c.code, c.scheme, c.meaning) for c in event.procedure_codes] == [("CTHEAD", "L", "CT Head w/o contrast")]
+    assert event.instance_title == "SCOUT"
+    assert event.accession_issuer == "RIS-A" and event.timezone_offset == "+0100"
+    assert decode_instance_event(encode_instance_event(event)) == event
+
+
+def test_instance_title_falls_back_to_concept_name_then_image_type() -> None:
+    ds = make_dataset()
+    assert instance_event(ds, check_identity(ds, ds.SOPClassUID, ds.SOPInstanceUID), RECEPTION).instance_title == (
+        "ORIGINAL PRIMARY AXIAL"
+    )
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = (
+        "18748-4",
+        "LN",
+        "Diagnostic imaging report",
+    )
+    ds.ConceptNameCodeSequence = [concept]
+    assert instance_event(ds, check_identity(ds, ds.SOPClassUID, ds.SOPInstanceUID), RECEPTION).instance_title == (
+        "Diagnostic imaging report"
+    )
+
+
+def test_person_name_drops_only_trailing_empty_groups() -> None:
+    ds = Dataset()
+    ds.PatientName = "Doe^John=="
+    assert person_name(ds.PatientName) == "Doe^John"
+    ds.PatientName = "=山田^太郎"
+    assert person_name(ds.PatientName) == "=山田^太郎"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda ds: delattr(ds, "SeriesInstanceUID"), "missing_uid"),
+        (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.3.."), "malformed_uid"),
+        (lambda ds: setattr(ds, "StudyInstanceUID", "1." + "2" * 70), "malformed_uid"),
+        (lambda ds: setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.4"), "sop_class_mismatch"),
+        (lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3.4"), "sop_instance_mismatch"),
+    ],
+)
+def test_check_identity_names_the_reason(change, reason: str) -> None:
+    ds = make_dataset()
+    sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+    change(ds)
+    with pytest.raises(InstanceRejected) as caught:
+        check_identity(ds, sop_class, sop_instance)
+    assert caught.value.reason == reason
+
+
+def test_parse_defect_finds_truncation_and_wrong_encoding() -> None:
+    good = _roundtrip(make_dataset())
+    assert parse_defect(good, "1.2.840.10008.1.2.1") is None
+    assert parse_defect(good, "1.2.840.10008.1.2") == "encoding does not match the transfer syntax"
+
+
+def test_store_detects_identical_duplicates_and_replaces_changed_bytes(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store", fsync=True)
+    store.prepare()
+    target = store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
+
+    first = store.commit(store.stage_bytes(b"one"), target, file_sha256_of(b"one", tmp_path))
+    again = store.commit(store.stage_bytes(b"one"), target, file_sha256_of(b"one", tmp_path))
+    changed = store.commit(store.stage_bytes(b"two!"), target, file_sha256_of(b"two!", tmp_path))
+
+    assert (first.duplicate, first.replaced) == (False, False)
+    assert (again.duplicate, again.replaced) == (True, False)
+    assert (changed.duplicate, changed.replaced) == (False, True)
+    assert target.read_bytes() == b"two!"
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_store_refuses_path_traversal_uids(tmp_path: Path) -> None:
+    from scp.storage import StorageError
+
+    with pytest.raises(StorageError):
+        InstanceStore(tmp_path).path_for("1.2", "..", "1.3")
+
+
+def file_sha256_of(data: bytes, tmp_path: Path) -> str:
+    probe = tmp_path / "probe"
+    probe.write_bytes(data)
+    return file_sha256(probe)
+
+
+def _event(study: str, sop: str, path: Path, sha: str) -> InstanceEvent:
+    ds = make_dataset(study)
+    ds.SOPInstanceUID = sop
+    identity = check_identity(ds, ds.SOPClassUID, sop)
+    return instance_event(ds, identity, replace(RECEPTION, stored_path=str(path), sha256=sha))
+
+
+def test_outbox_holds_back_in_flight_rows_and_keeps_study_order(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    a1 = outbox.add(_event("1.1", "1.1.1", tmp_path / "a1", "x"))
+    b1 = outbox.add(_event("1.2", "1.2.1", tmp_path / "b1", "x"))
+    a2 = outbox.add(_event("1.1", "1.1.2", tmp_path / "a2", "x"))
+    outbox.release(b1)
+    outbox.release(a2)
+
+    # a1 still in flight: study 1.1 waits entirely (a2 must not overtake a1); study 1.2 goes.
+    assert [entry.id for entry in outbox.pending(10)] == [b1]
+    outbox.release(a1)
+    assert [entry.id for entry in outbox.pending(10)] == [a1, b1, a2]
+    outbox.confirm([a1, b1])
+    assert outbox.depth() == 1
+
+
+def test_outbox_recovery_keeps_rows_whose_file_is_in_place(tmp_path: Path) -> None:
+    placed = tmp_path / "placed.dcm"
+    placed.write_bytes(b"data")
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path)
+    outbox.add(_event("1.1", "1.1.1", placed, file_sha256(placed)))
+    outbox.add(_event("1.1", "1.1.2", tmp_path / "never-renamed.dcm", "0" * 64))
+    outbox.close()
+
+    reopened = Outbox(path)
+    kept, dropped = reopened.recover(lambda p, sha: p.is_file() and file_sha256(p) == sha)
+
+    assert (kept, dropped) == (1, 1)
+    assert [entry.key for entry in reopened.pending(10)] == [b"1.1"]
+
+
+def test_calling_allowlist_with_and_without_host() -> None:
+    allowlist = CallingAllowlist.parse("MOD1, PACS@10.0.0.5")
+    assert allowlist.allows("MOD1", "1.2.3.4")
+    assert allowlist.allows("PACS", "10.0.0.5")
+    assert not allowlist.allows("PACS", "10.0.0.6")
+    assert not allowlist.allows("OTHER", "10.0.0.5")
+    assert CallingAllowlist.parse("").allows("ANY", "anywhere")
