@@ -1,0 +1,308 @@
+"""The one configuration object: environment variables prefixed ``STUDYSTREAM_`` and an optional ``.env``.
+
+Every limit the system applies (timeouts, sizes, retries) is a field here with a documented default;
+no other module defines its own constants. ``README.md`` lists every field; ``tests/test_settings.py``
+checks that the README and this class agree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STUDYSTREAM_"
+
+
+class Settings(BaseSettings):
+    """StudyStream settings. Field ``x`` is read from ``STUDYSTREAM_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------------
+    broker_url: str = Field(
+        "kafka://localhost:9092", description="Kafka bootstrap server(s), `kafka://host:port[;host:port]`."
+    )
+    app_id: str = Field("studystream", description="Faust application id; also the consumer group id.")
+    topic_raw: str = Field("imaging.raw", description="Topic with one event per received instance.")
+    topic_ready: str = Field("imaging.study.ready", description="Topic with one event per complete study revision.")
+    topic_dlq: str = Field("imaging.dlq", description="Dead-letter topic for poison events and rejected uploads.")
+    topic_partitions: int = Field(8, ge=1, description="Partitions of every StudyStream topic and table.")
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024 * 1024, description="Largest Kafka message StudyStream produces or fetches (bytes)."
+    )
+
+    # --- Storage -----------------------------------------------------------------------------------
+    state_dir: Path = Field(Path("state"), description="Worker state, local stack data, pid files and logs.")
+    storage_dir: Path = Field(Path("received_dicoms"), description="Where the receiver stores instances as received.")
+    bundles_dir: Path = Field(
+        Path("bundles"), description="Where every FHIR transaction Bundle is saved before it is posted."
+    )
+
+    # --- Study completeness ------------------------------------------------------------------------
+    quiet_period: float = Field(30.0, gt=0, description="Seconds without a new instance after which a study is ready.")
+
+    # --- Aggregator --------------------------------------------------------------------------------
+    aggregator_check_interval: float = Field(
+        1.0, gt=0, description="Seconds between two scans of a worker's pending studies for an elapsed quiet period."
+    )
+    aggregator_max_instances: int = Field(
+        50_000,
+        ge=1,
+        description="Most instances one study revision may hold; further new instances are dead-lettered "
+        "(a ready record must fit in `max_message_bytes`).",
+    )
+    aggregator_session_timeout: float = Field(
+        30.0,
+        ge=6.0,
+        description="Seconds before Kafka gives a silent (crashed) worker's partitions to the others.",
+    )
+    aggregator_rocksdb_write_buffer_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024 * 1024, description="RocksDB write buffer per table partition (bytes)."
+    )
+    aggregator_rocksdb_block_cache_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024 * 1024, description="RocksDB block cache per table partition (bytes)."
+    )
+
+    # --- FHIR --------------------------------------------------------------------------------------
+    fhir_base_url: str = Field("http://localhost:8080/fhir", description="FHIR R4 server base URL.")
+    fhir_auth: Literal["none", "bearer", "basic", "smart"] = Field(
+        "none", description="How to authenticate to the FHIR server."
+    )
+    fhir_token: SecretStr | None = Field(None, description="Bearer token when `fhir_auth=bearer`.")
+    fhir_username: str | None = Field(None, description="User name when `fhir_auth=basic`.")
+    fhir_password: SecretStr | None = Field(None, description="Password when `fhir_auth=basic`.")
+    fhir_timeout: float = Field(30.0, gt=0, description="Seconds to wait for one FHIR HTTP request.")
+
+    # --- Uploader ----------------------------------------------------------------------------------
+    topic_retry: str = Field(
+        "imaging.study.retry", description="Topic where the uploader parks study revisions to retry later."
+    )
+    fhir_default_patient_system: str = Field(
+        "urn:studystream:patient-id",
+        description="Patient.identifier system for a PatientID without IssuerOfPatientID (set it to your "
+        "assigning authority's URI).",
+    )
+    fhir_default_accession_system: str = Field(
+        "urn:studystream:accession", description="Identifier system of an accession number without an issuer."
+    )
+    fhir_local_issuer_prefix: str = Field(
+        "urn:studystream:issuer:",
+        description="Prefix that turns a local issuer name (not an OID or URI) into an identifier system.",
+    )
+    fhir_default_timezone: str = Field(
+        "UTC",
+        description="Time zone (IANA name or +HHMM) of DICOM dates/times without TimezoneOffsetFromUTC.",
+    )
+    fhir_revision_tag_system: str = Field(
+        "urn:studystream:study-revision",
+        description="meta.tag system carrying the study revision on each ImagingStudy (keeps old revisions out).",
+    )
+    fhir_dicomweb_base_url: str = Field(
+        "", description="DICOMweb WADO-RS base URL for the ImagingStudy Endpoint; empty: no Endpoint."
+    )
+    uploader_inline_attempts: int = Field(
+        3, ge=1, description="Attempts of one upload before it is parked in the retry topic."
+    )
+    uploader_inline_budget: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds one upload (inline retries included) may hold its partition before it is parked.",
+    )
+    uploader_max_attempts: int = Field(
+        12, ge=1, description="Attempts of one study revision in all (parked ones too) before it is dead-lettered."
+    )
+    uploader_backoff_initial: float = Field(0.5, gt=0, description="Seconds before the first retry of an upload.")
+    uploader_backoff_max: float = Field(60.0, gt=0, description="Longest wait (seconds) between two upload attempts.")
+    uploader_backoff_jitter: float = Field(
+        0.5, ge=0, le=1, description="Random fraction (+/-) applied to every upload backoff."
+    )
+    uploader_retry_hold_max: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds the retry line holds one parked study waiting for its due time before re-parking it.",
+    )
+    fhir_smart_token_url: str = Field("", description="SMART backend services token endpoint (`fhir_auth=smart`).")
+    fhir_smart_client_id: str = Field("", description="SMART backend services client id.")
+    fhir_smart_private_key: Path | None = Field(
+        None, description="PEM private key (RSA or EC) signing the SMART client assertion JWT."
+    )
+    fhir_smart_key_id: str = Field("", description="`kid` of the SMART signing key as registered with the server.")
+    fhir_smart_algorithm: Literal["RS384", "ES384"] = Field(
+        "RS384", description="JWT algorithm of the SMART client assertion."
+    )
+    fhir_smart_scopes: str = Field(
+        "system/Patient.read system/Patient.write system/ImagingStudy.read system/ImagingStudy.write "
+        "system/Endpoint.read system/Endpoint.write",
+        description="Scopes requested with the SMART access token.",
+    )
+
+    # --- DICOM -------------------------------------------------------------------------------------
+    ae_title: str = Field(
+        "STUDYSTREAM", max_length=16, description="AE title of the receiver (and default calling AE of the sender)."
+    )
+    # Modalities connect from other hosts, so the receiver listens on every interface by default.
+    dicom_host: str = Field("0.0.0.0", description="Address the receiver listens on.")  # noqa: S104
+    dicom_port: int = Field(11112, ge=1, le=65535, description="Port the receiver listens on.")
+
+    # --- Receiver ----------------------------------------------------------------------------------
+    receiver_allowed_calling_aes: str = Field(
+        "",
+        description="Calling AE titles allowed to associate, comma separated, each optionally `AE@host`; empty: any.",
+    )
+    receiver_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate of the receiver; with `receiver_tls_key` turns on TLS.",
+    )
+    receiver_tls_key: Path | None = Field(None, description="PEM private key of the receiver's TLS certificate.")
+    receiver_tls_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle; when set, senders must present a certificate it signed.",
+    )
+    receiver_max_associations: int = Field(
+        16,
+        ge=1,
+        description="Concurrent associations one receiving process accepts.",
+    )
+    receiver_acse_timeout: float = Field(30.0, gt=0, description="Seconds the receiver waits for association messages.")
+    receiver_dimse_timeout: float = Field(60.0, gt=0, description="Seconds the receiver waits for DIMSE messages.")
+    receiver_network_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds of network silence after which the receiver drops an association.",
+    )
+    receiver_max_pdu: int = Field(
+        131072,
+        ge=0,
+        description="Largest PDU the receiver accepts (bytes); 0 means unlimited.",
+    )
+    receiver_fsync: bool = Field(
+        True,
+        description="fsync each stored file, its directory and the outbox before answering success (off: benchmarks).",
+    )
+    receiver_metrics_port: int = Field(
+        9110,
+        ge=0,
+        le=65535,
+        description="Port of the receiver's Prometheus `/metrics` and `/health`; 0 turns them off.",
+    )
+    receiver_outbox_path: Path | None = Field(
+        None,
+        description="SQLite outbox of unpublished events (default: `<state_dir>/receiver-outbox.sqlite`).",
+    )
+    receiver_publish_batch: int = Field(500, ge=1, description="Events the receiver's publisher sends per round.")
+    receiver_publish_retry_initial: float = Field(
+        0.5,
+        gt=0,
+        description="First wait (seconds) before the publisher retries a failed publish.",
+    )
+    receiver_publish_retry_max: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait (seconds) between the publisher's retries.",
+    )
+    receiver_publish_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds one publish round may take before it is retried.",
+    )
+    receiver_processes: int = Field(1, ge=1, description="Receiving processes sharing the DICOM port (SO_REUSEPORT).")
+    receiver_fault_after_store: int = Field(
+        0,
+        ge=0,
+        description="Testing: the receiver exits (os._exit) after this many stored instances, unpublished; 0 = off.",
+    )
+
+    # --- Sender ------------------------------------------------------------------------------------
+    sender_max_pdu: int = Field(
+        131072, ge=0, description="Largest PDU the sender accepts from the peer (bytes, 0 = unlimited)."
+    )
+    sender_studies_in_flight: int = Field(
+        1, ge=1, le=64, description="Studies `studystream send` sends at once, each in its own association and process."
+    )
+    sender_max_contexts: int = Field(
+        128, ge=1, le=128, description="Presentation contexts per association; a study needing more is split."
+    )
+    sender_retries: int = Field(3, ge=0, description="Times the sender retries a failed or lost association.")
+    sender_retry_backoff: float = Field(
+        1.0, ge=0, description="Seconds before the sender's first retry; doubled for each further retry."
+    )
+    sender_acse_timeout: float = Field(30.0, gt=0, description="Seconds the sender waits for association messages.")
+    sender_dimse_timeout: float = Field(
+        60.0, gt=0, description="Seconds the sender waits for a C-STORE or N-ACTION response."
+    )
+    sender_network_timeout: float = Field(
+        60.0, gt=0, description="Seconds the sender waits on an idle network connection."
+    )
+    sender_commitment_timeout: float = Field(
+        10.0, ge=0, description="Seconds the sender waits for a Storage Commitment result on the same association."
+    )
+
+    # --- Web view ----------------------------------------------------------------------------------
+    web_port: int = Field(
+        6066, ge=1, le=65535, description="Port of a worker's web view (each worker on a host needs its own)."
+    )
+    web_token: SecretStr | None = Field(None, description="Bearer token required by the web view and API.")
+
+    # --- Local stack (`studystream stack`) ---------------------------------------------------------
+    kafka_version: str = Field("4.1.1", description="Apache Kafka broker version the local stack fetches with Maven.")
+    hapi_version: str = Field(
+        "8.8.0", description="HAPI FHIR JPA server version the local stack builds from Maven Central."
+    )
+    hapi_java_home: Path | None = Field(None, description="JDK to run HAPI with (default: the `java` on PATH).")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port of the local broker.")
+    kafka_heap: str = Field("512m", description="Maximum Java heap of the local Kafka broker.")
+    hapi_heap: str = Field("1536m", description="Maximum Java heap of the local HAPI FHIR server.")
+    stack_start_timeout: float = Field(300.0, gt=0, description="Seconds `stack up` waits for each service to answer.")
+    stack_stop_timeout: float = Field(30.0, gt=0, description="Seconds `stack down` waits before it kills a service.")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_has_scheme(cls, value: str) -> str:
+        return value if "://" in value else f"kafka://{value}"
+
+    @field_validator("fhir_base_url")
+    @classmethod
+    def _fhir_no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``broker_url`` as aiokafka's list of ``host:port``."""
+        return [part.split("://", 1)[-1] for part in self.broker_url.replace(",", ";").split(";") if part]
+
+    @property
+    def kafka_port(self) -> int:
+        """Port of the first bootstrap server: the port the local stack's broker listens on."""
+        return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def fhir_port(self) -> int:
+        """Port of the FHIR base URL: the port the local stack's HAPI server listens on."""
+        parts = urlsplit(self.fhir_base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def fhir_path(self) -> str:
+        """Path of the FHIR base URL (``/fhir`` by default)."""
+        return urlsplit(self.fhir_base_url).path or "/"
+
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        return (self.topic_raw, self.topic_ready, self.topic_dlq)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment and ``.env``."""
+    return Settings()
