@@ -12,6 +12,7 @@ COPY domain ./domain
 COPY scu ./scu
 COPY scp ./scp
 COPY infra ./infra
+COPY web ./web
 RUN pip install --no-cache-dir . \
  && useradd --system --home /var/lib/studystream studystream \
  && mkdir -p /var/lib/studystream /data/received_dicoms /data/bundles \

@@ -1,5 +1,6 @@
 # StudyStream: `make run` starts the whole pipeline, `make test` runs every test on the real stack.
-# Both install what is missing first (virtualenv + pip packages, Java, Maven, dcmtk).
+# Both install what is missing first (virtualenv + pip packages, Java, Maven, dcmtk, chromium for the
+# browser test, docker-compose to check the compose file).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -23,6 +24,7 @@ system-deps:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -137,6 +137,7 @@ def _register_optional(module: str, names: tuple[str, ...]) -> None:
 
 _register_optional("scp.cli", ("receive",))
 _register_optional("scu.cli", ("send", "send_file", "echo", "synth"))
+_register_optional("app.replay_cli", ("replay",))
 
 
 def main() -> None:

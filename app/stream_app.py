@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import faust
 
 from app.settings import Settings, get_settings
+from infra.control import read_control
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,15 +22,21 @@ class Topics:
     dlq: faust.TopicT
 
 
-def create_app(settings: Settings) -> faust.App:
-    """A Faust app configured entirely from ``settings``."""
+def create_app(settings: Settings, generation: int = 1) -> faust.App:
+    """A Faust app configured entirely from ``settings``.
+
+    ``generation`` (replay, issue 7) is the Faust app version: with N > 1 the consumer group, every
+    changelog and the local stores are ``<app id>-vN``-prefixed / under ``<datadir>/vN``, i.e. fresh state.
+    """
     return faust.App(
         settings.app_id,
+        version=generation,
         broker=settings.broker_url,
         store="rocksdb://",
         topic_partitions=settings.topic_partitions,
         datadir=str(settings.state_dir / "worker-{conf.web_port}"),
         web_port=settings.web_port,
+        web_host=settings.web_host or None,  # None: Faust's default, the machine's host name
         # The raw table endpoint would expose patient data; the web view serves its own pages.
         web_tables_enabled=False,
         producer_max_request_size=settings.max_message_bytes,
@@ -39,6 +46,8 @@ def create_app(settings: Settings) -> faust.App:
         # Aggregator: a crashed worker's partitions move after this; Kafka wants heartbeats 3x as often.
         broker_session_timeout=settings.aggregator_session_timeout,
         broker_heartbeat_interval=settings.aggregator_session_timeout / 4,
+        # Every table write is a changelog record: without a linger each goes out in its own request.
+        producer_linger=settings.aggregator_producer_linger,
     )
 
 
@@ -75,12 +84,54 @@ def declare_aggregator_channels(app: faust.App, settings: Settings) -> tuple[fau
     return channel(check), channel(settings.topic_raw, check)
 
 
+def upload_due_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-upload-due"
+
+
+@dataclass(frozen=True, slots=True)
+class UploaderChannels:
+    """The uploader's topics: ``retry`` (parked revisions, public), ``due`` (internal), ``input`` (ready + due).
+
+    A parked revision waits in ``retry`` until its due time, then moves to ``due``; the uploader agent
+    reads ``imaging.study.ready`` and ``due`` through one channel, so it alone writes the outcomes
+    table. All are co-partitioned with ``imaging.study.ready`` (same partitions, key = study UID).
+    """
+
+    retry: faust.TopicT
+    due: faust.TopicT
+    input: faust.TopicT
+
+
+def declare_uploader_channels(app: faust.App, settings: Settings) -> UploaderChannels:
+    def channel(*names: str, internal: bool) -> faust.TopicT:
+        return app.topic(
+            *names,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+            internal=internal,
+        )
+
+    due = upload_due_topic_name(settings)
+    return UploaderChannels(
+        retry=channel(settings.topic_retry, internal=False),
+        due=channel(due, internal=True),
+        input=channel(settings.topic_ready, due, internal=True),
+    )
+
+
 settings = get_settings()
-app = create_app(settings)
+# Replay (issue 7): every worker starts with the state generation recorded in the control topic, which
+# `studystream replay --reset-state` bumps, and the ready-replay fence the uploader honours (infra.control);
+# read here so `faust -A app.stream_app:app` gets them too.
+control = read_control(settings)
+app = create_app(settings, generation=control.generation)
 topics = declare_topics(app, settings)
 study_check, aggregator_input = declare_aggregator_channels(app, settings)
+uploader_channels = declare_uploader_channels(app, settings)
 
 
 def load_agents() -> None:
     """Import the modules that register agents, tables and pages on :data:`app`."""
     import agents  # noqa: F401
+    import web.views  # noqa: F401

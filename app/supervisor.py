@@ -6,6 +6,8 @@ when a child dies) stops the children and then the stack services it started its
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,6 +31,20 @@ def _child_commands(settings: Settings) -> dict[str, list[str]]:
     else:
         commands["receiver"] = [*exe, "receive"]
     return commands
+
+
+def _web_credentials(settings: Settings) -> tuple[dict[str, str], str]:
+    """Child environment and a hint line for the web view's login.
+
+    The web view never runs open by accident: when no credential is configured, this run gets a
+    one-time basic-auth password, shown only on this terminal.
+    """
+    url = f"http://localhost:{settings.web_port}/"
+    if settings.web_token or settings.web_basic_user or settings.web_auth_disabled:
+        return {}, f"web view: {url} (credentials from your settings)"
+    password = secrets.token_urlsafe(12)
+    env = {"STUDYSTREAM_WEB_BASIC_USER": "studystream", "STUDYSTREAM_WEB_BASIC_PASSWORD": password}
+    return env, f"web view: {url} (user studystream, password {password}, valid for this run)"
 
 
 def _stop_children(children: dict[str, subprocess.Popen[bytes]], timeout: float, echo: Echo) -> None:
@@ -61,15 +77,17 @@ def run_pipeline(settings: Settings, echo: Echo = print) -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     status = 0
     try:
+        web_env, web_hint = _web_credentials(settings)
         for name, command in _child_commands(settings).items():
-            children[name] = subprocess.Popen(command)  # noqa: S603 - our own CLI
+            children[name] = subprocess.Popen(command, env={**os.environ, **web_env})  # noqa: S603 - our own CLI
             echo(f"{name}: started (pid {children[name].pid})")
         echo("")
         echo("StudyStream is running. Try it:")
         echo("  studystream synth /tmp/sample --studies 2 --series 2 --instances 5")
         echo(f"  studystream send /tmp/sample --host localhost --port {settings.dicom_port} \\")
         echo(f"      --called-ae {settings.ae_title}")
-        echo(f"  web view: http://localhost:{settings.web_port}/   FHIR: {settings.fhir_base_url}/ImagingStudy")
+        echo(f"  {web_hint}")
+        echo(f"  FHIR: {settings.fhir_base_url}/ImagingStudy")
         echo("Press Ctrl-C to stop everything.")
         while not stopping:
             dead = [name for name, proc in children.items() if proc.poll() is not None]

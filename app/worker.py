@@ -31,5 +31,6 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None)
 
     stream_app.load_agents()
     datadir = datadir or worker_datadir(settings, args)
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     sys.argv = ["studystream", "--datadir", str(datadir), "worker", *args]
     stream_app.app.main()

@@ -254,7 +254,13 @@ def fetch_hapi(settings: Settings) -> Path:
             ],
             f"HAPI FHIR {settings.hapi_version}",
         )
-        for leftover in ("classes", "maven-archiver", "maven-status", "generated-sources", "studystream-hapi.jar.original"):
+        for leftover in (
+            "classes",
+            "maven-archiver",
+            "maven-status",
+            "generated-sources",
+            "studystream-hapi.jar.original",
+        ):
             target = out / leftover
             if target.is_dir():
                 shutil.rmtree(target, ignore_errors=True)

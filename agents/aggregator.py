@@ -1,0 +1,253 @@
+"""The study aggregator: imaging.raw → per-study state → imaging.study.ready (a thin shell over domain.study).
+
+One agent (concurrency 1, the only writer of the study tables) reads imaging.raw and the co-partitioned
+check topic through one channel. A per-worker timer scans the pending studies of the partitions this
+worker actively owns and, once a study's wall-clock quiet period has passed, sends "check <study>";
+the agent then decides with both clocks (:func:`domain.study.is_ready`), emits the ready record and
+changelogs the decision, so a restart or rebalance neither loses nor repeats a revision.
+
+Delivery: the ready record is acknowledged by the broker before the header is marked published. A
+crash in between (milliseconds) re-emits the same revision after recovery; consumers treat
+(study UID, revision) as idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faust.types import TP
+
+from app.settings import Settings
+from app.stream_app import aggregator_input, app, settings, study_check, study_check_topic_name, topics
+from domain import study as domain
+from domain.errors import ConfigurationError, InvalidEventError
+from domain.events import decode_instance_event
+from domain.ready import build_study_ready, encode_study_ready
+from tables.studies import StudyTables
+
+log = logging.getLogger(__name__)
+
+CHECK_COMMAND = b"check"
+# Room for the record's Kafka framing and headers inside max_message_bytes.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+class StudyAggregator:
+    """Runtime of the aggregator on one worker: tables, topics, and what it knows of its input's progress."""
+
+    def __init__(self, app: faust.App, settings: Settings, tables: StudyTables) -> None:
+        self.app = app
+        self.settings = settings
+        self.tables = tables
+        self.check_topic = study_check_topic_name(settings)
+        self.counters: Counter[str] = Counter()
+        # Per imaging.raw partition: next offset to process and the newest event time read. In memory
+        # only: after a restart they are unknown until input flows, which makes is_ready wait.
+        self.next_offset: dict[int, int] = {}
+        self.event_watermark: dict[int, float] = {}
+        # Study → (last_wall_time it was checked at, when): the timer's memory of checks in flight.
+        self.checks_sent: dict[str, tuple[float, float]] = {}
+
+    # --- imaging.raw ---
+
+    async def on_instance(self, message: Any) -> None:
+        partition = message.partition
+        self.next_offset[partition] = message.offset + 1
+        try:
+            event = decode_instance_event(message.value)
+            key = message.key.decode("ascii", "replace") if message.key else ""
+            domain.check_event_uids(event, study_key_uid=key)
+        except InvalidEventError as exc:
+            await self.dead_letter(message, str(exc))
+            return
+        now = time.time()
+        timestamp = message.timestamp if message.timestamp else None
+        event_time = domain.event_time_of(event, timestamp, fallback=now)
+        self.event_watermark[partition] = max(self.event_watermark.get(partition, 0.0), event_time)
+
+        header = self.tables.header(event.study_uid)
+        known_instance = self.tables.instance_info(event.study_uid, event.sop_instance_uid)
+        if header is not None and known_instance == domain.instance_from_event(event):
+            self.counters["duplicates"] += 1  # the common repeat: skip the series read
+            return
+        known_series = self.tables.series_info(event.study_uid, event.series_uid)
+        update = domain.apply_instance(
+            header, known_series, known_instance, event, domain.Reception(now, event_time, partition)
+        )
+        if not update.changed:
+            self.counters["duplicates"] += 1
+            return
+        if known_instance is None and update.header.instance_count > self.settings.aggregator_max_instances:
+            await self.dead_letter(message, f"study has more than {self.settings.aggregator_max_instances} instances")
+            return
+        self.tables.put_update(update)
+        self.counters["instances"] += 1
+        if update.opened_revision:
+            log.info("study %s revision %d opened (partition %d)", event.study_uid, update.header.revision, partition)
+
+    async def dead_letter(self, message: Any, reason: str) -> None:
+        """Forward the original bytes to the DLQ with the reason in headers; never raise into the stream."""
+        self.counters["dead_lettered"] += 1
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason.splitlines()[0]
+        )
+        headers = {
+            "studystream-reason": reason.encode("utf-8", "replace")[:1000],
+            "studystream-source": f"{message.topic}[{message.partition}]@{message.offset}".encode(),
+            "studystream-stage": b"aggregator",
+        }
+        value = message.value if message.value is not None else b""
+        if isinstance(value, str):
+            value = value.encode("utf-8", "replace")
+        await topics.dlq.send(key=message.key, value=value, headers=headers)
+
+    # --- check topic ---
+
+    def event_clock(self, partition: int) -> float | None:
+        """How far event time has progressed on a partition: now when caught up, else the newest event time read."""
+        try:
+            highwater = self.app.consumer.highwater(TP(self.settings.topic_raw, partition))
+        except Exception:  # not assigned (rebalancing) or not fetched yet: unknown  # noqa: BLE001
+            highwater = None
+        next_offset = self.next_offset.get(partition)
+        if highwater is not None and highwater >= 0 and (next_offset or 0) >= highwater:
+            return time.time()
+        return self.event_watermark.get(partition)
+
+    async def on_check(self, message: Any) -> None:
+        study_uid = message.key.decode("ascii", "replace") if message.key else ""
+        header = self.tables.header(study_uid)
+        if header is None:
+            return
+        if header.status is not domain.StudyStatus.RECEIVING:
+            self.tables.close_pending(study_uid)  # a check that crossed the decision: nothing to do
+            return
+        now = time.time()
+        if not domain.is_ready(header, now, self.event_clock(message.partition), self.settings.quiet_period):
+            return
+        partition = header.partition
+        started = time.perf_counter()
+        record = build_study_ready(
+            header,
+            self.tables.study_series(study_uid, partition),
+            self.tables.study_instances(study_uid, partition),
+            ready_at=domain.iso_utc(now),
+        )
+        payload = encode_study_ready(record)
+        build_ms = (time.perf_counter() - started) * 1000
+        if len(payload) > self.settings.max_message_bytes - MESSAGE_OVERHEAD_BYTES:
+            reason = f"ready record of {len(payload)} bytes exceeds max_message_bytes"
+            self.tables.put_header(domain.mark_failed(header, reason))
+            self.counters["failed"] += 1
+            log.error("study %s revision %d failed: %s", study_uid, header.revision, reason)
+            return
+        # Wait for the broker's acknowledgement before the decision is changelogged (see module doc).
+        delivered = await topics.ready.send(key=domain.study_key(study_uid), value=payload, partition=partition)
+        await delivered
+        self.tables.put_header(domain.mark_published(header))
+        self.checks_sent.pop(study_uid, None)
+        self.counters["ready"] += 1
+        log.info(
+            "study %s revision %d ready: %d series, %d instances, %d bytes, built in %.1f ms",
+            study_uid,
+            record.revision,
+            record.number_of_series,
+            record.number_of_instances,
+            len(payload),
+            build_ms,
+        )
+
+    # --- completeness timer ---
+
+    async def scan_pending(self) -> int:
+        """Send a check for every owned pending study that looks ready; the agent decides again."""
+        if self.app.rebalancing or self.app.in_recovery:
+            return 0
+        now = time.time()
+        sent = 0
+        clocks: dict[int, float | None] = {}
+        pending = list(self.tables.pending_study_uids())
+        self.checks_sent = {uid: self.checks_sent[uid] for uid in pending if uid in self.checks_sent}
+        for study_uid in pending:
+            header = self.tables.header(study_uid)
+            if header is None or not domain.wall_quiet_elapsed(header, now, self.settings.quiet_period):
+                continue
+            if header.partition not in clocks:
+                clocks[header.partition] = self.event_clock(header.partition)
+            # The same test as the agent's, so catch-up (event clock behind) sends nothing.
+            if not domain.is_ready(header, now, clocks[header.partition], self.settings.quiet_period):
+                continue
+            # One check per study state is enough unless it got lost (rebalance): then retry after a quiet period.
+            previous = self.checks_sent.get(study_uid)
+            if (
+                previous is not None
+                and previous[0] == header.last_wall_time
+                and now - previous[1] < self.settings.quiet_period
+            ):
+                continue
+            self.checks_sent[study_uid] = (header.last_wall_time, now)
+            await study_check.send(key=domain.study_key(study_uid), value=CHECK_COMMAND, partition=header.partition)
+            sent += 1
+        return sent
+
+
+async def create_internal_topics(settings: Settings, tables: StudyTables) -> None:
+    """Create the changelog and check topics before Faust subscribes (a no-op when they exist).
+
+    Left to Faust, a first start creates them moments before the consumer's metadata lookup, which
+    does not see them yet: the partitions are "ignored" in the assignment (no completeness checks) and
+    the first table write fails with PartitionsMismatch. Created here, like infra.topics does for the
+    source topics, they are in the metadata from the start. No metadata lookup first: on a broker with
+    auto.create.topics.enable that would create them with one partition.
+    """
+    specs = [(name, {"cleanup.policy": "compact"}) for name in tables.changelog_topic_names()]
+    specs.append((study_check_topic_name(settings), {}))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name, config in specs]
+        )
+    finally:
+        await admin.close()
+    for name, code, *rest in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise ConfigurationError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
+
+
+aggregator = StudyAggregator(app, settings, StudyTables(app, settings))
+
+
+@app.on_worker_init.connect
+def _prepare_topics(sender: faust.App, **_: Any) -> None:
+    # Runs in `studystream worker` before Faust's event loop starts.
+    asyncio.run(create_internal_topics(settings, aggregator.tables))
+
+
+@app.agent(aggregator_input, concurrency=1)
+async def aggregate(stream: faust.StreamT) -> None:
+    async for event in stream.events():
+        message = event.message
+        try:
+            if message.topic == aggregator.check_topic:
+                await aggregator.on_check(message)
+            else:
+                await aggregator.on_instance(message)
+        except InvalidEventError as exc:  # corrupt stored state: skip the message, keep the stream alive
+            aggregator.counters["errors"] += 1
+            log.error("%s[%d]@%d skipped: %s", message.topic, message.partition, message.offset, exc)
+
+
+@app.timer(settings.aggregator_check_interval)
+async def check_quiet_studies() -> None:
+    await aggregator.scan_pending()
+
+
+__all__ = ["aggregate", "aggregator", "check_quiet_studies"]

@@ -1,0 +1,302 @@
+"""Fixtures for the aggregator: event factories, `studystream worker` subprocesses, a ready-topic collector."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.settings import Settings
+from domain.events import CodedValue, InstanceEvent, encode_instance_event
+from domain.ready import StudyReady, decode_study_ready
+from tests.conftest import ROOT, free_port, unique_uid, wait_for
+
+STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+WORKER_START_TIMEOUT = 60.0
+
+
+# --- Event factories -----------------------------------------------------------------------------
+
+
+def make_event(
+    study_uid: str, series_uid: str, number: int, *, series_number: int = 1, **overrides: object
+) -> InstanceEvent:
+    """An instance event as the receiver would publish it (synthetic patient, CT)."""
+    event = InstanceEvent(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=f"{series_uid}.{number}",
+        sop_class_uid=CT_IMAGE_STORAGE,
+        instance_number=number,
+        series_number=series_number,
+        modality="CT",
+        study_date="20240501",
+        study_time="101500",
+        study_description="CT CHEST",
+        accession_number="ACC" + study_uid[-6:],
+        accession_issuer="urn:oid:1.2.3",
+        referring_physician="Referrer^Ray",
+        procedure_codes=(CodedValue("71250", "CPT", "CT chest"),),
+        institution="Test Hospital",
+        patient_id="PID" + study_uid[-6:],
+        issuer_of_patient_id="HOSP",
+        patient_name="Test^Patient",
+        birth_date="19700101",
+        sex="F",
+        series_description=f"Series {series_number}",
+        body_part_examined="CHEST",
+        manufacturer="ACME",
+        model="Scanner 1",
+        received_at=datetime.now(UTC).isoformat(),
+    )
+    return replace(event, **overrides) if overrides else event
+
+
+@dataclass
+class SyntheticStudy:
+    """A study of ``series`` series × ``per_series`` instances, each SOP UID derived from its series UID."""
+
+    series: int
+    per_series: int
+    uid: str = field(default_factory=unique_uid)
+
+    def series_uid(self, index: int) -> str:
+        return f"{self.uid}.{index + 1}"
+
+    def events(self) -> list[InstanceEvent]:
+        return [
+            make_event(self.uid, self.series_uid(s), n + 1, series_number=s + 1)
+            for s in range(self.series)
+            for n in range(self.per_series)
+        ]
+
+    @property
+    def instance_count(self) -> int:
+        return self.series * self.per_series
+
+
+def interleave(*lists: Sequence[InstanceEvent]) -> list[InstanceEvent]:
+    out: list[InstanceEvent] = []
+    for i in range(max(len(seq) for seq in lists)):
+        out.extend(seq[i] for seq in lists if i < len(seq))
+    return out
+
+
+# --- Kafka I/O -----------------------------------------------------------------------------------
+
+
+async def _produce(settings: Settings, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=key, value=value) for key, value in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce_events(settings: Settings, events: Sequence[InstanceEvent]) -> None:
+    asyncio.run(_produce(settings, settings.topic_raw, [(e.key, encode_instance_event(e)) for e in events]))
+
+
+def produce_raw(settings: Settings, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+    asyncio.run(_produce(settings, settings.topic_raw, messages))
+
+
+class TopicCollector:
+    """Reads a topic from the beginning in a background thread; ``records`` grows as messages arrive."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.messages: list[tuple[bytes | None, bytes, dict[str, bytes], int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_bytes=self.settings.max_message_bytes,
+            max_partition_fetch_bytes=self.settings.max_message_bytes,
+        )
+        await consumer.start()
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        self.messages.append((r.key, r.value, dict(r.headers), r.partition))
+        finally:
+            await consumer.stop()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def ready(self) -> list[StudyReady]:
+        return [decode_study_ready(value) for _, value, _, _ in list(self.messages)]
+
+    def ready_for(self, study_uid: str) -> list[StudyReady]:
+        return [r for r in self.ready if r.study_uid == study_uid]
+
+
+# --- Worker subprocesses -------------------------------------------------------------------------
+
+
+class Worker:
+    """One `studystream worker` subprocess with its own web port, hence its own table directory.
+
+    A restart keeps the port, so the worker reopens its RocksDB files and reads the changelog from there.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.env = env
+        self.web_port = free_port()
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        # run_worker does not create the table directory's parents; Faust only creates the last level.
+        Path(self.env["STUDYSTREAM_STATE_DIR"]).mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [STUDYSTREAM, "worker", "-l", "info", "--web-port", str(self.web_port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_started(self, starts: int = 1) -> None:
+        """Wait until the worker's Faust service says Ready (``starts``-th time in this log)."""
+        wait_for(
+            lambda: self.log().count("[^Worker]: Ready") >= starts or self.exited(),
+            WORKER_START_TIMEOUT,
+            what=f"worker on port {self.web_port} to start",
+        )
+        assert not self.exited(), f"worker exited:\n{self.log()[-3000:]}"
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no commit, no leave-group."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def aggregator_settings(kafka: Settings, unique: str, tmp_path: Path) -> Settings:
+    """Settings of an isolated pipeline: unique app id, topics and state directory; 1 s quiet period."""
+    settings = Settings(
+        broker_url=kafka.broker_url,
+        app_id=f"test-agg-{unique}",
+        topic_raw=f"test.raw.{unique}",
+        topic_ready=f"test.ready.{unique}",
+        topic_dlq=f"test.dlq.{unique}",
+        state_dir=tmp_path / "state",
+        quiet_period=1.0,
+        aggregator_check_interval=0.2,
+        aggregator_session_timeout=6.0,
+    )
+    asyncio.run(create_topics(settings))
+    return settings
+
+
+async def create_topics(settings: Settings) -> None:
+    """Create the test's topics without a metadata lookup first.
+
+    infra.topics.ensure_topics asks for metadata of missing topics, which makes a broker with
+    auto.create.topics.enable create them with 1 partition; the worker's own ensure_topics call then
+    finds them already right.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(settings.max_message_bytes)}
+        response = await admin.create_topics(
+            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in settings.topics]
+        )
+        assert all(code == 0 for _, code, *_ in response.topic_errors), response
+    finally:
+        await admin.close()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYSTREAM_")}
+    for name in (
+        "broker_url",
+        "app_id",
+        "topic_raw",
+        "topic_ready",
+        "topic_dlq",
+        "state_dir",
+        "quiet_period",
+        "aggregator_check_interval",
+        "aggregator_session_timeout",
+        "topic_partitions",
+    ):
+        env[f"STUDYSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    return env
+
+
+@pytest.fixture
+def workers(aggregator_settings: Settings, tmp_path: Path) -> Iterator[list[Worker]]:
+    """Factory list: append ``Worker``s; every one is stopped at teardown (its log printed on failure)."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def new_worker(started: list[Worker], settings: Settings, tmp_path: Path, name: str) -> Worker:
+    worker = Worker(worker_env(settings), tmp_path, name)
+    started.append(worker)
+    return worker
+
+
+@pytest.fixture
+def ready_topic(aggregator_settings: Settings) -> Iterator[TopicCollector]:
+    collector = TopicCollector(aggregator_settings, aggregator_settings.topic_ready)
+    yield collector
+    collector.close()
+
+
+@pytest.fixture
+def dlq_topic(aggregator_settings: Settings) -> Iterator[TopicCollector]:
+    collector = TopicCollector(aggregator_settings, aggregator_settings.topic_dlq)
+    yield collector
+    collector.close()

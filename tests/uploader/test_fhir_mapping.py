@@ -1,0 +1,286 @@
+"""StudyReady → FHIR R4 resources and the transaction Bundle, against hand-written expected JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from domain.fhir_mapping import (
+    MappingOptions,
+    StoredStudy,
+    build_imaging_study,
+    build_patient,
+    build_transaction_bundle,
+    bundle_file_name,
+    full_url,
+    patient_identifier,
+    stored_revision,
+)
+from domain.fhir_values import EN_REPRESENTATION, fhir_datetime, human_names, issuer_system
+from domain.study import PatientInfo
+from tests.uploader.factories import make_ready
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+OPTIONS = MappingOptions(dicomweb_base_url="https://pacs.example.org/dicom-web")
+STUDY_UID = "1.2.826.0.1.3680043.10.1404.1"
+PATIENT_URL = full_url("Patient", "urn:studystream:issuer:HOSP|PID-1")
+ENDPOINT_URL = full_url("Endpoint", "https://pacs.example.org/dicom-web")
+
+EXPECTED_PATIENT = {
+    "resourceType": "Patient",
+    "identifier": [{"use": "usual", "system": "urn:studystream:issuer:HOSP", "value": "PID-1"}],
+    "name": [{"use": "official", "text": "Doe Jane", "family": "Doe", "given": ["Jane"]}],
+    "birthDate": "1970-01-02",
+    "gender": "female",
+}
+
+EXPECTED_STUDY = {
+    "resourceType": "ImagingStudy",
+    "meta": {"tag": [{"system": "urn:studystream:study-revision", "code": "3", "display": "StudyStream revision 3"}]},
+    "identifier": [
+        {"use": "official", "system": "urn:dicom:uid", "value": f"urn:oid:{STUDY_UID}"},
+        {
+            "use": "usual",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+            "system": "urn:oid:1.2.3.4",
+            "value": "ACC1",
+        },
+    ],
+    "status": "available",
+    "modality": [{"system": DCM, "code": "CT"}],
+    "subject": {"reference": PATIENT_URL, "type": "Patient"},
+    "started": "2024-05-01T10:15:00+02:00",
+    "referrer": {"display": "Referrer Ray", "type": "Practitioner"},
+    "endpoint": [{"reference": ENDPOINT_URL, "type": "Endpoint"}],
+    "numberOfSeries": 1,
+    "numberOfInstances": 2,
+    "procedureCode": [
+        {
+            "coding": [
+                {"system": "http://www.ama-assn.org/go/cpt", "code": "71250", "display": "CT chest w/o contrast"}
+            ],
+            "text": "CT chest w/o contrast",
+        }
+    ],
+    "location": {"display": "Test Hospital", "type": "Location"},
+    "description": "CT CHEST",
+    "series": [
+        {
+            "uid": f"{STUDY_UID}.1",
+            "number": 1,
+            "modality": {"system": DCM, "code": "CT"},
+            "description": "Series 1",
+            "numberOfInstances": 2,
+            "bodySite": {"system": "http://snomed.info/sct", "code": "72696002", "display": "Knee"},
+            "laterality": {"system": "http://snomed.info/sct", "code": "7771000", "display": "Left"},
+            "started": "2024-05-01T10:16:00+02:00",
+            "performer": [
+                {
+                    "function": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "PRF",
+                                "display": "performer",
+                            }
+                        ]
+                    },
+                    "actor": {"display": "House Greg", "type": "Practitioner"},
+                },
+                {"actor": {"display": "Op Olga", "type": "Practitioner"}},
+                {"actor": {"display": "ACME Scanner 1", "type": "Device"}},
+            ],
+            "instance": [
+                {
+                    "uid": f"{STUDY_UID}.1.{n}",
+                    "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"},
+                    "number": n,
+                    "title": "ORIGINAL\\PRIMARY\\AXIAL",
+                }
+                for n in (1, 2)
+            ],
+        }
+    ],
+}
+
+
+def small_study(revision: int = 3):
+    return make_ready(STUDY_UID, revision=revision, series=(("CT", "KNEE", 2),))
+
+
+def test_bundle_of_a_small_study_matches_the_expected_json() -> None:
+    bundle = build_transaction_bundle(small_study(), OPTIONS)
+
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    patient, endpoint, study = bundle["entry"]
+    assert patient == {
+        "fullUrl": PATIENT_URL,
+        "resource": EXPECTED_PATIENT,
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:studystream:issuer:HOSP|PID-1"},
+    }
+    assert endpoint["fullUrl"] == ENDPOINT_URL
+    assert endpoint["request"] == {
+        "method": "POST",
+        "url": "Endpoint",
+        "ifNoneExist": "identifier=urn:ietf:rfc:3986|https://pacs.example.org/dicom-web",
+    }
+    assert endpoint["resource"]["address"] == "https://pacs.example.org/dicom-web"
+    assert endpoint["resource"]["connectionType"]["code"] == "dicom-wado-rs"
+    assert study["request"] == {"method": "PUT", "url": f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{STUDY_UID}"}
+    assert study["resource"] == EXPECTED_STUDY
+
+
+def test_building_twice_gives_identical_bytes() -> None:
+    assert orjson.dumps(build_transaction_bundle(small_study(), OPTIONS)) == orjson.dumps(
+        build_transaction_bundle(small_study(), OPTIONS)
+    )
+
+
+def test_without_dicomweb_base_url_there_is_no_endpoint() -> None:
+    bundle = build_transaction_bundle(small_study(), MappingOptions())
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == ["Patient", "ImagingStudy"]
+    assert "endpoint" not in bundle["entry"][1]["resource"]
+
+
+def test_known_stored_study_is_updated_by_id_with_if_match() -> None:
+    bundle = build_transaction_bundle(small_study(), OPTIONS, StoredStudy(id="42", version="7", revision=2))
+    entry = bundle["entry"][-1]
+    assert entry["request"] == {"method": "PUT", "url": "ImagingStudy/42", "ifMatch": 'W/"7"'}
+    assert entry["resource"]["id"] == "42"
+
+
+def test_modality_union_keeps_series_order_and_unknown_modality_becomes_ot() -> None:
+    ready = make_ready(series=(("MR", "HEAD", 1), ("CT", "", 1), ("MR", "", 1), ("", "", 1)))
+    study = build_imaging_study(ready, OPTIONS, "urn:uuid:p").as_json()
+    assert [m["code"] for m in study["modality"]] == ["MR", "CT"]
+    assert [s["modality"]["code"] for s in study["series"]] == ["MR", "CT", "MR", "OT"]
+    assert study["numberOfSeries"] == 4 and study["numberOfInstances"] == 4
+    assert "bodySite" not in study["series"][1]  # no body part: no guess
+
+
+def test_japanese_name_with_ideographic_and_phonetic_groups() -> None:
+    ready = make_ready(name="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    names = build_patient(ready, OPTIONS).as_json()["name"]
+    assert names == [
+        {
+            "use": "official",
+            "text": "Yamada Tarou",
+            "family": "Yamada",
+            "given": ["Tarou"],
+            "extension": [{"url": EN_REPRESENTATION, "valueCode": "ABC"}],
+        },
+        {
+            "use": "official",
+            "text": "山田 太郎",
+            "family": "山田",
+            "given": ["太郎"],
+            "extension": [{"url": EN_REPRESENTATION, "valueCode": "IDE"}],
+        },
+        {
+            "use": "official",
+            "text": "やまだ たろう",
+            "family": "やまだ",
+            "given": ["たろう"],
+            "extension": [{"url": EN_REPRESENTATION, "valueCode": "SYL"}],
+        },
+    ]
+
+
+def test_korean_name_with_ideographic_and_phonetic_groups() -> None:
+    names = human_names("Hong^Gildong=洪^吉洞=홍^길동")
+    assert [(n["family"], n["given"], n["extension"][0]["valueCode"]) for n in names] == [
+        ("Hong", ["Gildong"], "ABC"),
+        ("洪", ["吉洞"], "IDE"),
+        ("홍", ["길동"], "SYL"),
+    ]
+
+
+def test_name_groups_left_empty_are_skipped_but_keep_their_representation() -> None:
+    names = human_names("=山田^太郎")  # ideographic only, alphabetic empty
+    assert names == [{"use": "official", "text": "山田 太郎", "family": "山田", "given": ["太郎"]}]
+    names = human_names("Yamada^Tarou==やまだ^たろう")
+    assert [n["extension"][0]["valueCode"] for n in names] == ["ABC", "SYL"]
+
+
+def test_name_components_middle_prefix_suffix() -> None:
+    (name,) = human_names("Smith^John^Paul^Dr.^Jr.")
+    assert name == {
+        "use": "official",
+        "text": "Dr. Smith John Paul Jr.",
+        "family": "Smith",
+        "given": ["John", "Paul"],
+        "prefix": ["Dr."],
+        "suffix": ["Jr."],
+    }
+
+
+@pytest.mark.parametrize(
+    ("sex", "gender"), [("M", "male"), ("F", "female"), ("O", "other"), ("", "unknown"), ("X", "unknown")]
+)
+def test_gender(sex: str, gender: str) -> None:
+    ready = dataclasses.replace(make_ready(), patient=PatientInfo(id="P", sex=sex))
+    assert build_patient(ready, OPTIONS).as_json()["gender"] == gender
+
+
+def test_patient_identifier_systems() -> None:
+    def system(issuer: str) -> str:
+        ready = dataclasses.replace(make_ready(), patient=PatientInfo(id="P1", issuer=issuer))
+        return patient_identifier(ready, MappingOptions(default_patient_system="urn:oid:9.9"))[0]
+
+    assert system("") == "urn:oid:9.9"
+    assert system("2.16.840.1.113883.3.1") == "urn:oid:2.16.840.1.113883.3.1"
+    assert system("https://mpi.example.org/pid") == "https://mpi.example.org/pid"
+    assert system("St Mary's") == "urn:studystream:issuer:St%20Mary%27s"
+    assert issuer_system("HOSP", "d", "p:") != issuer_system("CLINIC", "d", "p:")
+
+
+def test_patient_without_id_is_a_patient_of_the_study() -> None:
+    ready = dataclasses.replace(make_ready(STUDY_UID), patient=PatientInfo(name="Doe^John"))
+    bundle = build_transaction_bundle(ready, OPTIONS)
+    assert bundle["entry"][0]["request"]["ifNoneExist"] == (
+        f"identifier=urn:studystream:patient-of-study|urn:oid:{STUDY_UID}"
+    )
+
+
+def test_identifier_values_are_url_encoded_in_conditions() -> None:
+    ready = dataclasses.replace(make_ready(), patient=PatientInfo(id="A|B&C D", issuer="HOSP"))
+    condition = build_transaction_bundle(ready, OPTIONS)["entry"][0]["request"]["ifNoneExist"]
+    assert condition == "identifier=urn:studystream:issuer:HOSP|A%7CB%26C%20D"
+
+
+@pytest.mark.parametrize(
+    ("da", "tm", "tz", "default", "expected"),
+    [
+        ("20240501", "101500", "+0200", "UTC", "2024-05-01T10:15:00+02:00"),
+        ("20240501", "101500.123", "-0500", "UTC", "2024-05-01T10:15:00.123-05:00"),
+        ("20240501", "1015", "", "UTC", "2024-05-01T10:15:00Z"),
+        ("20240115", "08", "", "Europe/Berlin", "2024-01-15T08:00:00+01:00"),  # winter time
+        ("20240715", "08", "", "Europe/Berlin", "2024-07-15T08:00:00+02:00"),  # summer time
+        ("20240501", "", "+0200", "UTC", "2024-05-01"),
+        ("20240501", "99", "", "UTC", "2024-05-01"),
+        ("20240230", "101500", "", "UTC", None),
+        ("", "101500", "", "UTC", None),
+    ],
+)
+def test_dicom_date_time_to_fhir_datetime(da: str, tm: str, tz: str, default: str, expected: str | None) -> None:
+    assert fhir_datetime(da, tm, tz, default) == expected
+
+
+def test_stored_revision_is_the_highest_tag_of_the_system() -> None:
+    resource = {
+        "meta": {
+            "tag": [
+                {"system": "urn:studystream:study-revision", "code": "1"},
+                {"system": "urn:studystream:study-revision", "code": "3"},
+                {"system": "other", "code": "9"},
+            ]
+        }
+    }
+    assert stored_revision(resource, OPTIONS) == 3
+    assert stored_revision({}, OPTIONS) == 0
+
+
+def test_bundle_file_name() -> None:
+    assert bundle_file_name(STUDY_UID, 2) == f"{STUDY_UID}-r2.json"
