@@ -42,6 +42,7 @@ run: deps
 	$(BIN)/studystream run
 
 test: deps stack-up
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 bench: deps stack-up

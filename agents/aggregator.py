@@ -20,16 +20,15 @@ from collections import Counter
 from typing import Any
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from faust.types import TP
 
 from app.settings import Settings
 from app.stream_app import aggregator_input, app, settings, study_check, study_check_topic_name, topics
 from domain import study as domain
-from domain.errors import ConfigurationError, InvalidEventError
+from domain.errors import InvalidEventError
 from domain.events import decode_instance_event
 from domain.ready import build_study_ready, encode_study_ready
+from infra.topics import create_topics_async
 from tables.studies import StudyTables
 
 log = logging.getLogger(__name__)
@@ -209,17 +208,7 @@ async def create_internal_topics(settings: Settings, tables: StudyTables) -> Non
     """
     specs = [(name, {"cleanup.policy": "compact"}) for name in tables.changelog_topic_names()]
     specs.append((study_check_topic_name(settings), {}))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name, config in specs]
-        )
-    finally:
-        await admin.close()
-    for name, code, *rest in response.topic_errors:
-        if code not in (0, TopicAlreadyExistsError.errno):
-            raise ConfigurationError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
+    await create_topics_async(settings, specs)
 
 
 aggregator = StudyAggregator(app, settings, StudyTables(app, settings))

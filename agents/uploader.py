@@ -30,19 +30,18 @@ from typing import Any
 import faust
 import httpx
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
 
 from app.settings import Settings
 from app.stream_app import app, control, settings, topics, upload_due_topic_name, uploader_channels
 from domain import upload as policy
-from domain.errors import ConfigurationError, InvalidEventError
+from domain.errors import InvalidEventError
 from domain.fhir_mapping import MappingOptions, build_transaction_bundle, bundle_file_name
 from domain.ready import StudyReady, decode_study_ready
 from domain.study import iso_utc
 from infra.fhir_http import FhirClient, FhirHttpError
+from infra.topics import create_topics_async
 from tables.outcomes import UploadOutcomes
 
 log = logging.getLogger(__name__)
@@ -304,17 +303,7 @@ async def create_uploader_topics(settings: Settings, outcomes: UploadOutcomes) -
         (upload_due_topic_name(settings), config),
         (outcomes.changelog_topic_name(), {"cleanup.policy": "compact"}),
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, settings.topic_partitions, 1, topic_configs=cfg) for name, cfg in specs]
-        )
-    finally:
-        await admin.close()
-    for name, code, *rest in response.topic_errors:
-        if code not in (0, TopicAlreadyExistsError.errno):
-            raise ConfigurationError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
+    await create_topics_async(settings, specs)
 
 
 uploader = StudyUploader(settings, UploadOutcomes(app, settings))

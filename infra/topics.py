@@ -8,13 +8,35 @@ the tables. Every process that produces or consumes calls :func:`ensure_topics` 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from app.settings import Settings
 from domain.errors import ConfigurationError
+
+TopicSpec = tuple[str, Mapping[str, str]]
+
+
+async def create_topics_async(settings: Settings, specs: Sequence[TopicSpec]) -> None:
+    """Create each (name, config) topic with the configured partitions; a topic that exists is fine.
+
+    No metadata lookup first: on a broker with auto.create.topics.enable, naming a missing topic in a
+    metadata request creates it with the broker's default partition count.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name, settings.topic_partitions, 1, topic_configs=dict(config)) for name, config in specs]
+        )
+    finally:
+        await admin.close()
+    for name, code, *rest in response.topic_errors:
+        # Another process may have created it meanwhile: that is fine.
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise ConfigurationError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
 
 
 async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
@@ -36,20 +58,13 @@ async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = 
                     f"topic {name} has {len(info['partitions'])} partitions, StudyStream is configured for "
                     f"{settings.topic_partitions} (STUDYSTREAM_TOPIC_PARTITIONS); tables need them equal"
                 )
-        missing = [name for name in wanted if name not in existing]
-        if missing:
-            config = {"max.message.bytes": str(settings.max_message_bytes)}
-            response = await admin.create_topics(
-                [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in missing]
-            )
-            for name, code, *rest in response.topic_errors:
-                # Another process may have created it meanwhile: that is fine.
-                if code not in (0, TopicAlreadyExistsError.errno):
-                    message = rest[0] if rest else ""
-                    raise ConfigurationError(f"cannot create topic {name}: error {code} {message}")
-        return missing
     finally:
         await admin.close()
+    missing = [name for name in wanted if name not in existing]
+    if missing:
+        config = {"max.message.bytes": str(settings.max_message_bytes)}
+        await create_topics_async(settings, [(name, config) for name in missing])
+    return missing
 
 
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
