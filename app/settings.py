@@ -73,6 +73,21 @@ class Settings(BaseSettings):
         description="Seconds a worker's producer waits to batch table changelog and output records "
         "(0 sends almost every record in its own request: 2.5 times slower measured).",
     )
+    aggregator_batch_size: int = Field(
+        1000,
+        ge=1,
+        description="Most imaging.raw events the aggregator handles as one batch (a study's header is written "
+        "once per batch, not once per instance).",
+    )
+    aggregator_batch_timeout: float = Field(
+        0.05, gt=0, description="Seconds the aggregator waits to fill a batch before handling what it has."
+    )
+    aggregator_producer_batch_bytes: int = Field(
+        256 * 1024,
+        ge=16 * 1024,
+        description="Most bytes a worker's producer puts in one batch per partition (changelog records are "
+        "small and many: Kafka's 16 KiB default makes many small requests).",
+    )
     aggregator_rocksdb_write_buffer_bytes: int = Field(
         4 * 1024 * 1024, ge=1024 * 1024, description="RocksDB write buffer per table partition (bytes)."
     )

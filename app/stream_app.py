@@ -48,6 +48,7 @@ def create_app(settings: Settings, generation: int = 1) -> faust.App:
         broker_heartbeat_interval=settings.aggregator_session_timeout / 4,
         # Every table write is a changelog record: without a linger each goes out in its own request.
         producer_linger=settings.aggregator_producer_linger,
+        producer_max_batch_size=settings.aggregator_producer_batch_bytes,
     )
 
 

@@ -44,6 +44,7 @@ class Result:
     studies: int
     events: int
     seconds: float
+    cpu_seconds: float
     ready_ok: bool
 
     @property
@@ -53,6 +54,10 @@ class Result:
     @property
     def us_per_instance(self) -> float:
         return self.seconds / self.events * 1e6
+
+    @property
+    def cpu_us_per_instance(self) -> float:
+        return self.cpu_seconds / self.events * 1e6
 
 
 def synthetic_events(study_size: int, studies: int) -> list[InstanceEvent]:
@@ -118,8 +123,16 @@ async def wait_for_topic(settings: Settings, name: str, timeout: float) -> None:
         await admin.close()
 
 
-async def changelog_span(settings: Settings, expected: int, timeout: float) -> float:
-    """Seconds between the first and the last study-instances changelog record, once all arrived."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far: Linux /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def changelog_span(settings: Settings, expected: int, timeout: float, worker_pid: int) -> tuple[float, float]:
+    """Seconds between the first and the last study-instances changelog record, once all arrived, and the
+    worker's CPU seconds from the first record seen to the last (on a shared machine, wall time varies
+    with the load; CPU time much less)."""
     changelog = f"{settings.app_id}-study-instances-changelog"
     await wait_for_topic(settings, changelog, timeout)
     consumer = AIOKafkaConsumer(
@@ -130,18 +143,22 @@ async def changelog_span(settings: Settings, expected: int, timeout: float) -> f
     )
     await consumer.start()
     first, last, count = float("inf"), 0.0, 0
+    cpu_first = cpu_last = 0.0
     deadline = time.monotonic() + timeout
     try:
         while count < expected:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {count} of {expected} instance records after {timeout:.0f} s")
-            for records in (await consumer.getmany(timeout_ms=500)).values():
+            for records in (await consumer.getmany(timeout_ms=50)).values():
                 for r in records:
+                    if not count:
+                        cpu_first = cpu_seconds(worker_pid)
                     count += 1
                     first, last = min(first, r.timestamp), max(last, r.timestamp)
+        cpu_last = cpu_seconds(worker_pid)
     finally:
         await consumer.stop()
-    return (last - first) / 1000
+    return (last - first) / 1000, cpu_last - cpu_first
 
 
 async def ready_counts(settings: Settings, studies: int, timeout: float) -> dict[str, int]:
@@ -204,7 +221,7 @@ def run_size(base: Settings, study_size: int, target_events: int, state_dir: Pat
         start_new_session=True,
     )
     try:
-        seconds = asyncio.run(changelog_span(settings, len(events), timeout))
+        seconds, cpu = asyncio.run(changelog_span(settings, len(events), timeout, worker.pid))
         counts = asyncio.run(ready_counts(settings, studies, timeout))
     except TimeoutError:
         print((state_dir / f"worker-{study_size}.log").read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -214,7 +231,7 @@ def run_size(base: Settings, study_size: int, target_events: int, state_dir: Pat
         worker.wait(timeout=30)
         log.close()
     ready_ok = len(counts) == studies and all(n == study_size for n in counts.values())
-    return Result(study_size, studies, len(events), seconds, ready_ok)
+    return Result(study_size, studies, len(events), seconds, cpu, ready_ok)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"study size {size:>5}: {result.studies:>4} studies, {result.events:>6} events in "
                 f"{result.seconds:6.2f} s = {result.events_per_second:8.0f} events/s, "
-                f"{result.us_per_instance:6.1f} µs/instance, ready records {'ok' if result.ready_ok else 'WRONG'}",
+                f"{result.us_per_instance:6.1f} µs/instance, worker CPU {result.cpu_us_per_instance:6.1f} µs/instance "
+                f"(= {1e6 / max(result.cpu_us_per_instance, 1e-3):6.0f} events/CPU-s), "
+                f"ready records {'ok' if result.ready_ok else 'WRONG'}",
                 flush=True,
             )
     small, large = results[0], results[-1]

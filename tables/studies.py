@@ -19,7 +19,7 @@ children is a RocksDB prefix scan of that partition's database (:meth:`StudyTabl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
@@ -105,13 +105,33 @@ class StudyTables:
 
     def put_update(self, update: domain.StudyUpdate) -> None:
         """Write what :func:`domain.study.apply_instance` changed; reassign, never mutate in place."""
-        uid = update.header.study.uid
-        if update.instance is not None:
-            self.instances[domain.child_key(uid, update.instance.uid)] = domain.encode_instance(update.instance)
-        if update.series is not None:
-            self.series[domain.child_key(uid, update.series.uid)] = domain.encode_series(update.series)
-        self.headers[domain.study_key(uid)] = domain.encode_header(update.header)
-        if update.opened_revision:
+        self.put_study(
+            update.header,
+            [update.instance] if update.instance is not None else [],
+            [update.series] if update.series is not None else [],
+            opened_revision=update.opened_revision,
+        )
+
+    def put_study(
+        self,
+        header: domain.StudyHeader,
+        instances: Iterable[domain.InstanceInfo],
+        series: Iterable[domain.SeriesInfo],
+        *,
+        opened_revision: bool,
+    ) -> None:
+        """Write a study's new instance and series rows, then its header (once for a whole batch).
+
+        Instance rows go first: a crash between the writes leaves rows the header does not count yet,
+        and the ready record is built from the rows, so no instance is lost.
+        """
+        uid = header.study.uid
+        for instance in instances:
+            self.instances[domain.child_key(uid, instance.uid)] = domain.encode_instance(instance)
+        for item in series:
+            self.series[domain.child_key(uid, item.uid)] = domain.encode_series(item)
+        self.headers[domain.study_key(uid)] = domain.encode_header(header)
+        if opened_revision:
             self.pending[domain.study_key(uid)] = PENDING_MARK
 
     def put_header(self, header: domain.StudyHeader) -> None:
