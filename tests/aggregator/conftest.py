@@ -24,7 +24,7 @@ from tests.conftest import ROOT, free_port, unique_uid, wait_for
 
 STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-WORKER_START_TIMEOUT = 60.0
+WORKER_START_TIMEOUT = 180.0  # a loaded 2-core CI machine can take minutes for a first rebalance
 
 
 # --- Event factories -----------------------------------------------------------------------------
