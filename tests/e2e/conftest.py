@@ -34,7 +34,7 @@ from tests.scp.conftest import DCMTK_ENV, STORESCU, Receiver
 from tests.uploader.conftest import Pipeline, SwitchableProxy, _create_topics, worker_env
 
 QUIET_PERIOD = 1.0
-PUBLISH_TIMEOUT = 90.0
+PUBLISH_TIMEOUT = 180.0  # a 500-instance bundle on a cold HAPI, on a loaded 2-core machine
 STORESCU_ARGS = (STORESCU, "-v", "-aet", "E2ESCU", "-nh", "+sd", "+r", "-to", "30")
 STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
 

@@ -1,5 +1,6 @@
 """DICOM in, FHIR out: synthetic studies (every catalogue patient, so every character set, and several
-modalities) sent by dcmtk storescu and by `studystream send` into the receiver, two workers, HAPI."""
+modalities, 1 to 500 instances) sent by dcmtk storescu and by `studystream send` into the receiver, two
+workers, HAPI."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def check_study_on_fhir(e2e: E2E, study: SentStudy) -> None:
 def test_studies_from_storescu_and_studystream_send_arrive_once_each_on_fhir(e2e: E2E, tmp_path: Path) -> None:
     # One run of consecutive studies covers the whole patient catalogue, hence every character set.
     files = synth.write_studies(tmp_path / "in", studies=len(PATIENTS), series=2, instances=3)
-    larger = synth.write_studies(tmp_path / "in", studies=1, series=3, instances=40, modality="MR")
+    # The issue's upper bound: one study of 500 instances.
+    larger = synth.write_studies(tmp_path / "in", studies=1, series=5, instances=100, modality="MR")
     studies = studies_in(files + larger)
     e2e.remember(studies)
     assert len({str(s.headers[0].PatientName) for s in studies.values()}) == len(PATIENTS)
