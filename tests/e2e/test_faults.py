@@ -10,7 +10,7 @@ import pytest
 from scu import synth
 from tests.aggregator.conftest import TopicCollector
 from tests.conftest import wait_for
-from tests.e2e.conftest import E2E, acknowledged_by_send, studies_in
+from tests.e2e.conftest import E2E, SentStudy, acknowledged_by_send, studies_in
 
 OPEN_STUDY = {"quiet_period": 4.0}  # long enough to act on a study while it is still being received
 ONE_WORKER = {"workers": 1}  # the fault is elsewhere: one worker starts faster
@@ -68,12 +68,7 @@ def test_late_instance_after_publication_updates_the_same_imaging_study(e2e: E2E
 def test_worker_killed_mid_study_loses_nothing(e2e: E2E, tmp_path: Path) -> None:
     files = synth.write_studies(tmp_path / "in", studies=4, series=2, instances=8)
     studies = studies_in(files)
-    e2e.remember(studies)
-    first_halves = [p for s in studies.values() for p in s.halves()[0]]
-    second_halves = [p for s in studies.values() for p in s.halves()[1]]
-
-    assert e2e.send(*first_halves, name="send-1")["stored"] == len(first_halves)
-    owners = wait_for(lambda: _owners(e2e, set(studies)), 30, what="the workers to hold the open studies")
+    second_halves, owners = _send_first_halves(e2e, studies)
     victim = max(e2e.workers, key=lambda w: len(owners[w.web_port]))
     rows = e2e.web_studies()
     assert all(rows[uid]["status"] == "receiving" for uid in owners[victim.web_port]), "studies still open"
@@ -86,6 +81,16 @@ def test_worker_killed_mid_study_loses_nothing(e2e: E2E, tmp_path: Path) -> None
     acknowledged = {sop for s in studies.values() for sop in s.instances}
     e2e.assert_nothing_lost_nothing_duplicated(studies, len(files), acknowledged, "worker kill -9")
     e2e.assert_no_phi_in_logs()
+
+
+def _send_first_halves(e2e: E2E, studies: dict[str, SentStudy]) -> tuple[list[Path], dict[int, set[str]]]:
+    """Send the first half of every study, wait until each study sits on a worker; return the second halves
+    (still to send) and web port → the open studies that worker holds."""
+    e2e.remember(studies)
+    first_halves = [p for s in studies.values() for p in s.halves()[0]]
+    assert e2e.send(*first_halves, name="send-1")["stored"] == len(first_halves)
+    owners = wait_for(lambda: _owners(e2e, set(studies)), 30, what="the workers to hold the open studies")
+    return [p for s in studies.values() for p in s.halves()[1]], owners
 
 
 def _owners(e2e: E2E, uids: set[str]) -> dict[int, set[str]] | None:
@@ -154,12 +159,7 @@ def test_fhir_server_unreachable_during_uploads_then_back(e2e: E2E, tmp_path: Pa
 def test_one_of_two_workers_stopped_mid_stream_the_other_takes_over(e2e: E2E, tmp_path: Path) -> None:
     files = synth.write_studies(tmp_path / "in", studies=6, series=2, instances=4)
     studies = studies_in(files)
-    e2e.remember(studies)
-    first_halves = [p for s in studies.values() for p in s.halves()[0]]
-    second_halves = [p for s in studies.values() for p in s.halves()[1]]
-
-    assert e2e.send(*first_halves, name="send-1")["stored"] == len(first_halves)
-    owners = wait_for(lambda: _owners(e2e, set(studies)), 30, what="the workers to hold the open studies")
+    second_halves, owners = _send_first_halves(e2e, studies)
     leaving, staying = sorted(e2e.workers, key=lambda w: -len(owners[w.web_port]))
     handed_over = owners[leaving.web_port]
     assert handed_over, "the stopped worker held open studies"
