@@ -22,7 +22,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,7 @@ from app.stream_app import aggregator_input, app, settings, study_check, study_c
 from domain import study as domain
 from domain.errors import InvalidEventError
 from domain.events import decode_instance_event
+from domain.progress import StallDetector
 from domain.ready import build_study_ready, encode_study_ready
 from infra.topics import create_topics_async
 from tables.studies import StudyTables
@@ -98,8 +99,29 @@ class StudyAggregator:
         # only: after a restart they are unknown until input flows, which makes is_ready wait.
         self.next_offset: dict[int, int] = {}
         self.event_watermark: dict[int, float] = {}
+        self.stalls = StallDetector(settings.aggregator_stall_timeout)
         # Study → (last_wall_time it was checked at, when): the timer's memory of checks in flight.
         self.checks_sent: dict[str, tuple[float, float]] = {}
+
+    def forget_partitions(self, partitions: Iterable[TP]) -> None:
+        """Drop what this worker knew of the input's progress on partitions it no longer owns.
+
+        When such a partition comes back (another worker held it meanwhile and read further), the old
+        position would be behind the committed offset: with no new input it never counted as caught
+        up, and its studies never became ready (the two-worker kill test, intermittently).
+        """
+        for tp in partitions:
+            if tp.topic == self.settings.topic_raw:
+                self.next_offset.pop(tp.partition, None)
+                self.event_watermark.pop(tp.partition, None)
+                self.stalls.forget(tp.partition)
+
+    def processed_position(self, partition: int) -> int | None:
+        """Offset of the next imaging.raw message to process: what was read, else the committed offset."""
+        next_offset = self.next_offset.get(partition)
+        if next_offset is None:
+            next_offset = self.app.consumer._committed_offset.get(TP(self.settings.topic_raw, partition))
+        return next_offset
 
     # --- imaging.raw ---
 
@@ -210,12 +232,10 @@ class StudyAggregator:
             highwater = self.app.consumer.highwater(TP(self.settings.topic_raw, partition))
         except Exception:  # not assigned (rebalancing) or not fetched yet: unknown  # noqa: BLE001
             highwater = None
-        next_offset = self.next_offset.get(partition)
-        if next_offset is None:
-            # Nothing read on this partition since start-up: the position is the committed offset Faust
-            # sought to. Without this a restarted worker with no new input never counted as caught up,
-            # and its recovered studies never became ready (seen in the e2e worker-kill test).
-            next_offset = self.app.consumer._committed_offset.get(TP(self.settings.topic_raw, partition))
+        # Nothing read on a partition since start-up: the position is the committed offset Faust sought
+        # to. Without that fallback a restarted worker with no new input never counted as caught up, and
+        # its recovered studies never became ready (seen in the e2e worker-kill test).
+        next_offset = self.processed_position(partition)
         if highwater is not None and highwater >= 0 and (next_offset or 0) >= highwater:
             return time.time()
         return self.event_watermark.get(partition)
@@ -296,6 +316,56 @@ class StudyAggregator:
             sent += 1
         return sent
 
+    # --- input watchdog ---
+
+    async def watch_input(self) -> list[int]:
+        """Seek back any owned imaging.raw partition that lags without progress; returns those partitions.
+
+        Seen intermittently (Faust 0.15.3, aiokafka 0.14): after a takeover rebalance a newly assigned
+        partition was never delivered to the agent although records waited, and its studies never became
+        ready. Seeking to where this worker had processed up to (duplicates are skipped) restarts the
+        delivery; the warning says what the consumer looked like, to tell a pause from lost records.
+        """
+        if self.app.rebalancing or self.app.in_recovery:
+            return []
+        consumer = self.app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == self.settings.topic_raw]
+        if not owned:
+            return []
+        end_offsets = await consumer.highwaters(*owned)
+        unknown = [tp for tp in owned if self.processed_position(tp.partition) is None]
+        # Never read and never committed: the group starts such a partition at its beginning.
+        beginnings = await consumer.earliest_offsets(*unknown) if unknown else {}
+        now = time.monotonic()
+        stalled: list[int] = []
+        for tp in owned:
+            position = self.processed_position(tp.partition)
+            if position is None:
+                position = beginnings.get(tp)
+            if not self.stalls.observe(tp.partition, position, end_offsets.get(tp), now):
+                continue
+            stalled.append(tp.partition)
+            self.counters["stalled_partitions"] += 1
+            paused = tp in consumer._paused_partitions
+            log.warning(
+                "%s[%d] stalled for %.0f s at offset %s of %s (fetch position %s, paused %s, active %s): "
+                "seeking back to %s",
+                tp.topic,
+                tp.partition,
+                self.settings.aggregator_stall_timeout,
+                position,
+                end_offsets.get(tp),
+                await consumer.position(tp),
+                paused,
+                tp in consumer._active_partitions,
+                position,
+            )
+            if paused:
+                consumer.resume_partitions({tp})
+            await consumer.seek_wait({tp: position})
+            self.stalls.forget(tp.partition)
+        return stalled
+
 
 async def create_internal_topics(settings: Settings, tables: StudyTables) -> None:
     """Create the changelog and check topics before Faust subscribes (a no-op when they exist).
@@ -312,6 +382,11 @@ async def create_internal_topics(settings: Settings, tables: StudyTables) -> Non
 
 
 aggregator = StudyAggregator(app, settings, StudyTables(app, settings))
+
+
+@app.on_partitions_revoked.connect
+async def _forget_revoked(sender: faust.App, revoked: set[TP], **_: Any) -> None:
+    aggregator.forget_partitions(revoked)
 
 
 @app.on_worker_init.connect
@@ -345,4 +420,12 @@ async def check_quiet_studies() -> None:
     await aggregator.scan_pending()
 
 
-__all__ = ["aggregate", "aggregator", "check_quiet_studies", "drop_debug_logging"]
+@app.timer(max(1.0, settings.aggregator_stall_timeout / 6))
+async def watch_aggregator_input() -> None:
+    try:
+        await aggregator.watch_input()
+    except Exception as exc:  # broker unreachable, rebalance under way: try again next time  # noqa: BLE001
+        log.warning("input watchdog skipped a round: %s", exc)
+
+
+__all__ = ["aggregate", "aggregator", "check_quiet_studies", "drop_debug_logging", "watch_aggregator_input"]

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         ge=6.0,
         description="Seconds before Kafka gives a silent (crashed) worker's partitions to the others.",
     )
+    aggregator_stall_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an owned imaging.raw partition may lag behind its end without any progress before "
+        "the worker logs it and seeks it back to where it had processed up to (a partition Faust stopped "
+        "fetching after a rebalance, seen in tests).",
+    )
     aggregator_producer_linger: float = Field(
         0.01,
         ge=0,
@@ -241,6 +248,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait (seconds) between the publisher's retries.",
     )
+    receiver_broker_probe_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between the publisher's broker reachability checks while it has nothing to publish "
+        "(what `/health` reports as `broker_connected`).",
+    )
     receiver_publish_timeout: float = Field(
         30.0,
         gt=0,
@@ -305,9 +318,7 @@ class Settings(BaseSettings):
     web_study_list_limit: int = Field(
         500, ge=1, description="Most studies the study list shows (the most recently received first)."
     )
-    web_instance_list_limit: int = Field(
-        2000, ge=1, description="Most instances a study's detail page lists."
-    )
+    web_instance_list_limit: int = Field(2000, ge=1, description="Most instances a study's detail page lists.")
     web_peer_timeout: float = Field(
         5.0, gt=0, description="Seconds a worker waits for another worker's answer when it lists every study."
     )

@@ -67,20 +67,26 @@ def is_valid_uid(value: str) -> bool:
     return len(value) <= _UID_MAX_LENGTH and _UID_PATTERN.fullmatch(value) is not None
 
 
-def parse_defect(ds: Dataset, transfer_syntax_uid: str) -> str | None:
-    """Why a leniently read dataset is not what its sender encoded (pydicom reads past many defects), or None."""
+def parse_defect(ds: Dataset, transfer_syntax_uid: str, encoded_size: int | None = None) -> str | None:
+    """Why a leniently read dataset is not what its sender encoded (pydicom reads past many defects), or None.
+
+    ``encoded_size`` is the size of the bytes read (the staged file): an element whose declared length
+    runs past it is truncated even when pydicom deferred reading its value (non-DICOM bytes such as an
+    image file read as DICOM give one such element with a length of hundreds of megabytes).
+    """
     implicit_expected = transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN
     read_implicit = ds.original_encoding[0] if ds.original_encoding else None
     if read_implicit is not None and read_implicit != implicit_expected:
         return "encoding does not match the transfer syntax"
-    for element in ds.elements():
-        if (
-            isinstance(element, RawDataElement)
-            and element.value is not None
-            and element.length != UNDEFINED_LENGTH
-            and len(element.value) < element.length
-        ):
+    for tag in ds.keys():
+        # Raw as read (Dataset.elements() would convert, and read a deferred value).
+        element = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
+            continue
+        if element.value is not None and len(element.value) < element.length:
             return f"element {element.tag} truncated"
+        if encoded_size is not None and element.value_tell + element.length > encoded_size:
+            return f"element {element.tag} runs past the end of the data"
     return None
 
 

@@ -56,10 +56,19 @@ def receive(
     ae_title = ae_title or settings.ae_title
     storage_dir = storage_dir or settings.storage_dir
     count = processes or settings.receiver_processes
-    if slot is not None or count == 1:
-        from scp.server import run_receiver
+    from scp.outbox import OutboxInUse
 
-        sys.exit(run_receiver(settings, port, ae_title, storage_dir, slot or 0))
+    try:
+        if slot is None:
+            from scp.server import adopt_orphan_outboxes
+
+            adopt_orphan_outboxes(settings, count)
+        if slot is not None or count == 1:
+            from scp.server import run_receiver
+
+            sys.exit(run_receiver(settings, port, ae_title, storage_dir, slot or 0))
+    except OutboxInUse as exc:
+        raise click.ClickException(f"{exc} (one receiver per state directory)") from None
     sys.exit(_supervise(settings, count, port, ae_title, storage_dir, log_level))
 
 

@@ -138,7 +138,7 @@ def _store_staged(
 ) -> int:
     try:
         dataset = dcmread(staged, stop_before_pixels=True, defer_size="256 KB")
-        defect = parse_defect(dataset, str(event.context.transfer_syntax))
+        defect = parse_defect(dataset, str(event.context.transfer_syntax), staged.stat().st_size)
         if defect:
             return _fail(deps, "unparseable", CANNOT_UNDERSTAND, sop_instance, defect)
         dataset.decode()  # resolve the character set now, inside this guard

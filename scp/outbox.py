@@ -5,10 +5,16 @@ into place and is held back from the publisher (in flight) until the handler rel
 publisher never announces a file that is not there. After a crash, :meth:`Outbox.recover` keeps the
 rows whose file is stored with the recorded SHA-256 and drops the rest (their sender got no success).
 Published rows are deleted: the table holds exactly the unconfirmed events.
+
+Each outbox is held by one process (an exclusive ``flock`` on ``<outbox>.lock``): two receivers on one
+state directory would otherwise publish each other's in-flight rows. :meth:`Outbox.adopt` moves the
+rows of an outbox nobody holds (a receiving slot that no longer runs) into this one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -39,12 +45,29 @@ class OutboxEntry:
     created: float  # time.time() when the event was committed
 
 
+class OutboxInUse(RuntimeError):
+    """Another process holds this outbox."""
+
+
+def _lock(path: Path) -> int:
+    """Hold ``<path>.lock`` exclusively (released when the descriptor closes, or the process dies)."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutboxInUse(f"outbox {path} is used by another running receiver") from None
+    return fd
+
+
 class Outbox:
     """Thread-safe: association threads add and release, the publisher reads and confirms."""
 
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.fsync = fsync
+        self._lock_fd = _lock(path)
         # One connection shared under a lock: commits are serialised by SQLite anyway.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -57,6 +80,45 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            os.close(self._lock_fd)
+
+    def adopt(self, other: Path) -> int:
+        """Move every row of the outbox at ``other`` (held by no process) into this one; returns the count.
+
+        The rows are committed here before ``other`` is deleted: a crash in between publishes them twice
+        (the aggregator skips duplicates), never not at all.
+        """
+        lock_fd = _lock(other)
+        try:
+            source = sqlite3.connect(other, isolation_level=None)
+            try:
+                source.execute(_SCHEMA)
+                rows = source.execute(
+                    "SELECT study_uid, sop_instance_uid, stored_path, sha256, value, created FROM outbox ORDER BY id"
+                ).fetchall()
+            finally:
+                source.close()
+            if rows:
+                with self._lock:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    self._db.execute("COMMIT")
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                other.with_name(other.name + suffix).unlink(missing_ok=True)
+            if self.fsync:
+                dir_fd = os.open(other.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            return len(rows)
+        finally:
+            other.with_name(other.name + ".lock").unlink(missing_ok=True)
+            os.close(lock_fd)
 
     def on_release(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (from the releasing thread) whenever an event becomes publishable."""

@@ -13,6 +13,7 @@ import threading
 import time
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from app.settings import Settings
 from infra.topics import ensure_topics_async
@@ -64,15 +65,20 @@ class Publisher:
         self._started.set()
         backoff = self.settings.receiver_publish_retry_initial
         producer: AIOKafkaProducer | None = None
+        next_probe = 0.0
         while True:
             try:
                 if producer is None:
                     producer = await self._start_producer()
+                    next_probe = time.monotonic() + self.settings.receiver_broker_probe_interval
                 published = await self._drain_once(producer)
                 backoff = self.settings.receiver_publish_retry_initial
                 if self._stopping.is_set() and not published:
                     break
                 if not published:
+                    if time.monotonic() >= next_probe:
+                        await self._probe(producer)
+                        next_probe = time.monotonic() + self.settings.receiver_broker_probe_interval
                     await self._sleep(_IDLE_WAIT)
             except asyncio.CancelledError:
                 raise
@@ -117,6 +123,21 @@ class Publisher:
         self._set_connected(True)
         LOG.info("publisher connected to %s, topic %s", self.settings.broker_url, self.settings.topic_raw)
         return producer
+
+    async def _probe(self, producer: AIOKafkaProducer) -> None:
+        """While idle, ask the broker for metadata: nothing else would notice it went away."""
+        try:
+            reachable = bool(
+                await asyncio.wait_for(producer.client.force_metadata_update(), self.settings.receiver_publish_timeout)
+            )
+        except (TimeoutError, OSError, KafkaError):
+            reachable = False
+        if reachable != self.connected:
+            if reachable:
+                LOG.info("broker %s reachable again", self.settings.broker_url)
+            else:
+                LOG.warning("broker %s unreachable; events wait in the outbox", self.settings.broker_url)
+        self._set_connected(reachable)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         try:

@@ -87,6 +87,47 @@ def outbox_path(settings: Settings, slot: int) -> Path:
     return base if slot == 0 else base.with_name(f"{base.stem}-{slot}{base.suffix}")
 
 
+def slot_of_outbox(settings: Settings, path: Path) -> int | None:
+    """The receiving slot an outbox file belongs to (0 for the base file), or None if it is not one."""
+    base = outbox_path(settings, 0)
+    if path == base:
+        return 0
+    prefix, suffix = f"{base.stem}-", base.suffix
+    name = path.name
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    number = name[len(prefix) : len(name) - len(suffix)]
+    return int(number) if number.isdigit() else None
+
+
+def adopt_orphan_outboxes(settings: Settings, processes: int) -> int:
+    """Move the events of slots ``>= processes`` (a receiver restarted with fewer processes) into slot 0's outbox.
+
+    Those slots will not run again, so nothing else would ever publish what their outboxes still hold.
+    Returns the number of events moved.
+    """
+    base = outbox_path(settings, 0)
+    if not base.parent.is_dir():
+        return 0
+    orphans = sorted(
+        path
+        for path in base.parent.glob(f"{base.stem}-*{base.suffix}")
+        if (slot := slot_of_outbox(settings, path)) is not None and slot >= processes
+    )
+    if not orphans:
+        return 0
+    outbox = Outbox(base, fsync=settings.receiver_fsync)
+    moved = 0
+    try:
+        for path in orphans:
+            count = outbox.adopt(path)
+            LOG.info("outbox %s of a slot no longer running: %d events moved to %s", path, count, base)
+            moved += count
+    finally:
+        outbox.close()
+    return moved
+
+
 def _file_matches(path: Path, sha256: str) -> bool:
     try:
         return path.is_file() and file_sha256(path) == sha256

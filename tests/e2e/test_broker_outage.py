@@ -52,6 +52,10 @@ def test_broker_stopped_mid_stream_loses_nothing(
         wait_for(lambda: len(e2e.published_sops()) >= len(before), 30, what="the first halves on imaging.raw")
         down = _stack(env, "down", "--service", "kafka")
         assert down.returncode == 0 and not kafka_healthy(broker, timeout=2), down.stdout + down.stderr
+        # Idle, the receiver's publisher still notices (its periodic probe) and /health says so.
+        wait_for(
+            lambda: e2e.receiver.health()["broker_connected"] is False, 30, what="/health to report the broker down"
+        )
 
         during_send = e2e.send(*during, name="send-during")  # the receiver must keep accepting
         assert during_send["stored"] == len(during) and during_send["failed"] == 0
@@ -65,6 +69,7 @@ def test_broker_stopped_mid_stream_loses_nothing(
         up = _stack(env, "up", "--service", "kafka")
         assert up.returncode == 0, up.stdout + up.stderr
         e2e.wait_all(studies, timeout=150)
+        assert e2e.receiver.health()["broker_connected"] is True
         wait_for(lambda: int(e2e.receiver.health()["outbox_depth"]) == 0, 30, what="the outbox to drain")
         acknowledged = {sop for s in studies.values() for sop in s.instances}
         e2e.assert_nothing_lost_nothing_duplicated(studies, len(files), acknowledged, "broker stopped")

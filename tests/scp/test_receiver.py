@@ -134,6 +134,7 @@ def _encoded(ds) -> bytes:
     ("case", "expected_status", "reason"),
     [
         ("truncated", 0xC210, "unparseable"),
+        ("non_dicom", 0xC210, "unparseable"),
         ("missing_study_uid", 0xA900, "missing_uid"),
         ("malformed_series_uid", 0xA900, "malformed_uid"),
         ("sop_class_mismatch", 0xA900, "sop_class_mismatch"),
@@ -148,6 +149,8 @@ def test_bad_input_gets_its_status_and_the_next_association_still_works(
     sop_class = str(ds.SOPClassUID)
     if case == "truncated":
         payload = b"\x08\x00\x16\x00UI\xff\x00" + b"1.2.3"  # (0008,0016) claims 255 bytes, has 5
+    elif case == "non_dicom":
+        payload = b"\x89PNG\r\n\x1a\n" * 64  # an image file sent as a dataset
     elif case == "missing_study_uid":
         del ds.StudyInstanceUID
         payload = _encoded(ds)

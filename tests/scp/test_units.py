@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_file_meta_info
 
+from app.settings import Settings
 from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect, person_name
 from domain.events import InstanceEvent, decode_instance_event, encode_instance_event
 from scp.handlers import CallingAllowlist
-from scp.outbox import Outbox
+from scp.outbox import Outbox, OutboxInUse
+from scp.server import adopt_orphan_outboxes, outbox_path, slot_of_outbox
 from scp.storage import InstanceStore, file_sha256
 from tests.scp.conftest import make_dataset
 
@@ -105,6 +109,25 @@ def test_parse_defect_finds_truncation_and_wrong_encoding() -> None:
     assert parse_defect(good, "1.2.840.10008.1.2") == "encoding does not match the transfer syntax"
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_parse_defect_finds_non_dicom_bytes(syntax: str, tmp_path: Path) -> None:
+    """A PNG sent as a dataset reads as one element whose declared length is far past the end."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    buffer = DicomBytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    buffer.write(b"\x89PNG\r\n\x1a\n" * 64)
+    path = tmp_path / "png.dcm"
+    path.write_bytes(buffer.getvalue())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom says which VR it guessed
+        ds = dcmread(path, stop_before_pixels=True, defer_size="256 KB")
+    assert parse_defect(ds, syntax, path.stat().st_size) == "element (5089,474E) runs past the end of the data"
+
+
 def test_store_detects_identical_duplicates_and_replaces_changed_bytes(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path / "store", fsync=True)
     store.prepare()
@@ -171,6 +194,35 @@ def test_outbox_recovery_keeps_rows_whose_file_is_in_place(tmp_path: Path) -> No
 
     assert (kept, dropped) == (1, 1)
     assert [entry.key for entry in reopened.pending(10)] == [b"1.1"]
+
+
+def test_an_outbox_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    first = Outbox(path)
+    with pytest.raises(OutboxInUse):
+        Outbox(path)
+    first.close()
+    Outbox(path).close()  # free again once closed
+
+
+def test_outboxes_of_slots_no_longer_running_are_moved_into_slot_0(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, receiver_fsync=False)
+    for slot, sops in ((1, ["1.1.1", "1.1.2"]), (2, ["1.2.1"]), (3, ["1.3.1"])):
+        outbox = Outbox(outbox_path(settings, slot))
+        for sop in sops:
+            outbox.release(outbox.add(_event(sop.rsplit(".", 1)[0], sop, tmp_path / sop, "x")))
+        outbox.close()
+
+    moved = adopt_orphan_outboxes(settings, processes=2)  # slots 0 and 1 will run; 2 and 3 will not
+
+    assert moved == 2
+    assert not outbox_path(settings, 2).exists() and not outbox_path(settings, 3).exists()
+    slot0 = Outbox(outbox_path(settings, 0))
+    assert [decode_instance_event(e.value).sop_instance_uid for e in slot0.pending(10)] == ["1.2.1", "1.3.1"]
+    slot1 = Outbox(outbox_path(settings, 1))
+    assert slot1.depth() == 2  # a slot that still runs keeps its own
+    assert slot_of_outbox(settings, tmp_path / "receiver-outbox-12.sqlite") == 12
+    assert slot_of_outbox(settings, tmp_path / "receiver-outbox-x.sqlite") is None
 
 
 def test_calling_allowlist_with_and_without_host() -> None:
