@@ -168,14 +168,18 @@ def _store_staged(
         size=size,
         sha256="",
     )
+    # The file's data flush runs while the outbox row is committed (each waits for the disk).
+    data_sync = deps.store.start_sync(staged)
     try:
         # The outbox row records what the file will be (its hash), so recovery can verify it.
         reception = replace(reception, sha256=file_sha256(staged))
         row_id = deps.outbox.add(instance_event(dataset, identity, reception))
     except (sqlite3.Error, OSError) as exc:
+        if data_sync is not None:
+            data_sync.exception()  # let the flush finish before the caller deletes the staged file
         return _fail(deps, "outbox_error", OUT_OF_RESOURCES, sop_instance, f"{type(exc).__name__}: {exc}")
     try:
-        stored = deps.store.commit(staged, target, reception.sha256)
+        stored = deps.store.commit(staged, target, reception.sha256, data_sync)
     except StorageError as exc:
         deps.outbox.discard(row_id)
         return _fail(deps, "storage_error", OUT_OF_RESOURCES, sop_instance, str(exc))

@@ -138,7 +138,9 @@ def _file_matches(path: Path, sha256: str) -> bool:
 def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path, slot: int = 0) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     _config.STORE_RECV_CHUNKED_DATASET = True
-    store = InstanceStore(storage_dir, fsync=settings.receiver_fsync, slot=str(slot))
+    store = InstanceStore(
+        storage_dir, fsync=settings.receiver_fsync, slot=str(slot), sync_threads=settings.receiver_max_associations
+    )
     leftovers = store.prepare()
     # pynetdicom writes each arriving dataset with NamedTemporaryFile: put it beside its final place so
     # the commit is a rename, not a copy. This process exists only to receive, so the global is ours.
@@ -221,5 +223,6 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
     publisher.stop(timeout=settings.receiver_publish_timeout)
     if http is not None:
         http.shutdown()
+    store.close()
     outbox.close()
     return 0

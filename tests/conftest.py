@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,10 +69,50 @@ def fhir(settings: Settings) -> Settings:
     return settings
 
 
+_SESSION_TOKENS: list[str] = []
+
+
+def new_token() -> str:
+    """A short unique suffix for topic names, group ids and identifiers, remembered for clean-up."""
+    token = uuid.uuid4().hex[:12]
+    _SESSION_TOKENS.append(token)
+    return token
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for topic names, group ids and identifiers."""
-    return uuid.uuid4().hex[:12]
+    return new_token()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def delete_test_topics(settings: Settings) -> Iterator[None]:
+    """At the end of the session, delete the topics this session's tests created (their names hold a token).
+
+    Without it every run leaves ~1,000 partitions on the local broker; after a few dozen runs its
+    512 MB heap runs out (seen on a developer machine). Best effort: a broker that is gone is left alone.
+    """
+    yield
+    if _SESSION_TOKENS:
+        import asyncio
+
+        try:
+            asyncio.run(asyncio.wait_for(_delete_topics_holding(settings, set(_SESSION_TOKENS)), 120))
+        except Exception as exc:
+            print(f"\ntest topics not deleted: {type(exc).__name__}: {exc}")
+
+
+async def _delete_topics_holding(settings: Settings, tokens: set[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=60_000)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if any(token in name for token in tokens)]
+        for start in range(0, len(names), 100):
+            await admin.delete_topics(names[start : start + 100], timeout_ms=60_000)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from domain.events import decode_instance_event
 from domain.fhir_mapping import bundle_file_name
 from domain.fhir_values import issuer_system
 from tests.aggregator.conftest import TopicCollector, Worker
-from tests.conftest import ROOT
+from tests.conftest import ROOT, new_token
 from tests.scp.conftest import DCMTK_ENV, STORESCU, Receiver
 from tests.uploader.conftest import Pipeline, SwitchableProxy, _create_topics, worker_env
 
@@ -319,7 +318,7 @@ class E2E:
 
 
 def e2e_settings(kafka: Settings, fhir_base_url: str, tmp: Path, **overrides: Any) -> Settings:
-    unique = uuid.uuid4().hex[:12]
+    unique = new_token()
     values: dict[str, Any] = dict(
         broker_url=kafka.broker_url,
         app_id=f"test-e2e-{unique}",

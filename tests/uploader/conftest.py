@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app.settings import Settings
 from domain.ready import StudyReady, encode_study_ready
 from tests.aggregator.conftest import TopicCollector, Worker, _produce
-from tests.conftest import wait_for
+from tests.conftest import new_token, wait_for
 
 UPLOAD_TIMEOUT = 60.0
 
@@ -166,9 +166,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pipeline(kafka: Settings, fhir: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """One worker (aggregator idle, uploader live) on unique topics, its FHIR base behind a switchable proxy."""
-    import uuid
-
-    unique = uuid.uuid4().hex[:12]
+    unique = new_token()
     tmp = tmp_path_factory.mktemp("uploader")
     hapi = httpx.URL(fhir.fhir_base_url)
     proxy = SwitchableProxy(hapi.host, hapi.port or 80)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from app.settings import Settings
 from domain.events import InstanceEvent
 from tests.aggregator.conftest import Worker, create_topics, make_event, produce_events, worker_env
-from tests.conftest import ROOT, unique_uid, wait_for
+from tests.conftest import ROOT, new_token, unique_uid, wait_for
 
 ARTIFACTS = ROOT / "tests" / "artifacts" / "web"
 QUIET_PERIOD = 1.0
@@ -75,7 +74,7 @@ class WebCluster:
 
 def isolated_settings(kafka: Settings, tmp_path: Path) -> Settings:
     """Settings of a pipeline nobody else uses: unique app id, topics, state and bundles directories."""
-    unique = uuid.uuid4().hex[:12]
+    unique = new_token()
     settings = Settings(
         broker_url=kafka.broker_url,
         app_id=f"test-web-{unique}",
