@@ -35,7 +35,7 @@ from app.settings import Settings
 from app.stream_app import aggregator_input, app, settings, study_check, study_check_topic_name, topics
 from domain import study as domain
 from domain.errors import InvalidEventError
-from domain.events import decode_instance_event
+from domain.events import CommitmentRequest, decode_raw_record
 from domain.progress import StallDetector
 from domain.ready import build_study_ready, encode_study_ready
 from infra.topics import create_topics_async
@@ -153,12 +153,20 @@ class StudyAggregator:
         partition = message.partition
         self.next_offset[partition] = message.offset + 1
         try:
-            instance_event = decode_instance_event(message.value)
+            record = decode_raw_record(message.value)
             key = message.key.decode("ascii", "replace") if message.key else ""
-            domain.check_event_uids(instance_event, study_key_uid=key)
+            if isinstance(record, CommitmentRequest):
+                domain.check_commitment_uids(record, study_key_uid=key)
+            else:
+                domain.check_event_uids(record, study_key_uid=key)
         except InvalidEventError as exc:
             await self.dead_letter(message, str(exc))
             return
+        if isinstance(record, CommitmentRequest):
+            self.flush(batch)  # the request is judged against every instance read before it
+            self.on_commitment(record)
+            return
+        instance_event = record
         now = time.time()
         timestamp = message.timestamp if message.timestamp else None
         event_time = domain.event_time_of(instance_event, timestamp, fallback=now)
@@ -195,6 +203,33 @@ class StudyAggregator:
         self.counters["instances"] += 1
         if update.opened_revision:
             log.info("study %s revision %d opened (partition %d)", study_uid, update.header.revision, partition)
+
+    def on_commitment(self, request: CommitmentRequest) -> None:
+        """A Storage Commitment request: the study is ready at once if it holds every instance named."""
+        study_uid = request.study_uid
+        header = self.tables.header(study_uid)
+        missing = [sop for sop in request.sop_instance_uids if self.tables.instance_info(study_uid, sop) is None]
+        if header is None or missing:
+            # Stored by another receiving process and not read yet: the quiet period decides instead.
+            self.counters["commitments_incomplete"] += 1
+            log.info(
+                "study %s: storage commitment %s names %d instance(s) not seen yet; waiting for the quiet period",
+                request.study_uid,
+                request.transaction_uid,
+                len(missing) if header is not None else len(request.sop_instance_uids),
+            )
+            return
+        committed = domain.request_commitment(header)
+        if committed != header:
+            self.tables.put_header(committed)
+            self.counters["commitments"] += 1
+            log.info(
+                "study %s revision %d: storage commitment %s for %d instance(s), ready now",
+                request.study_uid,
+                header.revision,
+                request.transaction_uid,
+                len(request.sop_instance_uids),
+            )
 
     def flush(self, batch: dict[str, PendingStudy]) -> None:
         """Write the batch's pending rows, each study as if while handling its last event (same partition)."""

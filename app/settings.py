@@ -248,6 +248,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait (seconds) between the publisher's retries.",
     )
+    receiver_index_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a receiving process waits for the shared instance index (Storage Commitment "
+        "look-ups) while another process writes it.",
+    )
     receiver_broker_probe_interval: float = Field(
         5.0,
         gt=0,

@@ -132,10 +132,12 @@ def send(port: int, files: list[Path], associations: int, called_ae: str) -> flo
     return time.perf_counter() - started
 
 
-def run_one(kind: str, files: list[Path], associations: int, work: Path, processes: int) -> dict[str, float]:
+ScpRun = tuple[subprocess.Popen[bytes], int, dict[str, str], str]
+
+
+def start_scp(kind: str, out: Path, associations: int, processes: int) -> ScpRun:
+    """Start receiver ``kind`` writing under ``out``; returns (process, port, environment, called AE)."""
     port = free_port()
-    out = work / f"out-{kind}-{uuid.uuid4().hex[:6]}"
-    out.mkdir(parents=True)
     env = dict(DCMTK_ENV)  # TCP_NODELAY for storescp too
     called = "STUDYSTREAM"
     if kind == "a":
@@ -166,9 +168,24 @@ def run_one(kind: str, files: list[Path], associations: int, work: Path, process
             "WARNING",
         ]
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, process)
+    time.sleep(1.0 if kind in "cd" else 0.2)  # let the publisher connect before timing
+    return process, port, env, called
+
+
+def stop_scp(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
     try:
-        wait_listening(port, process)
-        time.sleep(1.0 if kind in "cd" else 0.2)  # let the publisher connect before timing
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def run_one(kind: str, files: list[Path], associations: int, work: Path, processes: int) -> dict[str, float]:
+    out = work / f"out-{kind}-{uuid.uuid4().hex[:6]}"
+    out.mkdir(parents=True)
+    process, port, env, called = start_scp(kind, out, associations, processes)
+    try:
         base_rss = rss_mb(process.pid)
         elapsed = send(port, files, associations, called)
         peak = rss_mb(process.pid)
@@ -184,11 +201,35 @@ def run_one(kind: str, files: list[Path], associations: int, work: Path, process
             "published_s": published_after,
         }
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_scp(process)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def rss_growth(total: int, work: Path) -> None:
+    """The receiver's resident memory after 1,000 instances and as the count grows to ``total`` (goal: flat ±10%)."""
+    files = make_set(work / "rss", total, 1024)
+    out = work / "out-rss"
+    out.mkdir(parents=True)
+    process, port, env, called = start_scp("c", out, 1, 1)
+    checkpoints = sorted({min(1000, total), *range(5000, total, 5000), total})
+    try:
+        sent = 0
+        print(f"receiver RSS by instances received ({total} x ~1 KB, one association per 1,000):")
+        readings: dict[int, float] = {}
+        for checkpoint in checkpoints:
+            for start in range(sent, checkpoint, 1000):
+                send(port, files[start : min(start + 1000, checkpoint)], 1, called)
+            sent = checkpoint
+            wait_published(env, 1, 0.0)
+            readings[checkpoint] = rss_mb(process.pid)
+            print(f"  {checkpoint:>7} instances: RSS {readings[checkpoint]:7.1f} MB")
+        first, last = readings[checkpoints[0]], readings[checkpoints[-1]]
+        change = (last - first) / first
+        verdict = "MET" if abs(change) <= 0.10 else "NOT MET"
+        ratio = f"RSS {checkpoints[-1]} / {checkpoints[0]} = {last / first:.3f} ({change:+.1%})"
+        print(f"  {ratio}; goal flat within ±10%: {verdict}")
+    finally:
+        stop_scp(process)
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -216,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big", type=int, default=400, help="instances of ~0.5 MB")
     parser.add_argument("--small", type=int, default=2000, help="instances of ~10 KB")
-    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--associations", type=int, nargs="*", default=[1, 4])
+    parser.add_argument(
+        "--rss-instances", type=int, default=0, help="also measure the receiver's RSS from 1,000 to this many instances"
+    )
     parser.add_argument(
         "--processes", type=int, default=os.cpu_count() or 2, help="receiving processes for (c) with >1 association"
     )
@@ -230,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'set':6} {'assoc':>5} {'rcv':>3} {'inst/s':>8} {'MB/s':>7} {'RSS MB':>7} {'pub s':>6}")
         for associations in args.associations:
             for name, files in sets.items():
+                if not files:
+                    continue
                 results = {kind: run_one(kind, files, associations, work, args.processes) for kind in "abcd"}
                 for kind, r in results.items():
                     print(
@@ -243,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{name:6} {associations:>5}   c/b = {cb:.2f}   c/a = {ca:.2f}   {goal}   (no-fsync d/b = {db:.2f})"
                 )
+        if args.rss_instances:
+            rss_growth(args.rss_instances, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -1,8 +1,10 @@
-"""The event published to ``imaging.raw`` for every stored instance, and its wire format.
+"""The records published to ``imaging.raw`` and their wire format.
 
-Values are JSON objects (UTF-8, keys as below); the Kafka key is the StudyInstanceUID. Readers decode
-with :func:`decode_instance_event`, which turns every malformed message into :class:`InvalidEventError`
-so the caller can dead-letter it instead of crashing.
+Two kinds, both JSON objects (UTF-8) keyed by the StudyInstanceUID: one :class:`InstanceEvent` per
+stored instance, and a :class:`CommitmentRequest` when a sender asked for Storage Commitment of
+instances of the study (``"record_type": "storage_commitment"``; instance events carry no record type).
+Readers decode with :func:`decode_raw_record` (or :func:`decode_instance_event`), which turn every
+malformed message into :class:`InvalidEventError` so the caller can dead-letter it instead of crashing.
 """
 
 from __future__ import annotations
@@ -96,8 +98,30 @@ def encode_instance_event(event: InstanceEvent) -> bytes:
     return orjson.dumps(dataclasses.asdict(event))
 
 
-def decode_instance_event(raw: bytes | str | None) -> InstanceEvent:
-    """Parse and validate one ``imaging.raw`` value; raise :class:`InvalidEventError` on any defect."""
+COMMITMENT_RECORD_TYPE = "storage_commitment"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentRequest:
+    """A Storage Commitment request's instances of one study, all stored: the study is complete now."""
+
+    study_uid: str
+    transaction_uid: str
+    sop_instance_uids: tuple[str, ...]
+    calling_ae: str = ""
+    received_at: str = ""  # ISO 8601 UTC
+    record_type: str = COMMITMENT_RECORD_TYPE
+
+    @property
+    def key(self) -> bytes:
+        return self.study_uid.encode("ascii")
+
+
+def encode_commitment_request(request: CommitmentRequest) -> bytes:
+    return orjson.dumps(dataclasses.asdict(request))
+
+
+def _parse_object(raw: bytes | str | None) -> dict[str, Any]:
     if raw is None:
         raise InvalidEventError("empty message")
     try:
@@ -106,6 +130,38 @@ def decode_instance_event(raw: bytes | str | None) -> InstanceEvent:
         raise InvalidEventError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEventError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def decode_raw_record(raw: bytes | str | None) -> InstanceEvent | CommitmentRequest:
+    """Parse and validate one ``imaging.raw`` value of either kind; raise :class:`InvalidEventError` on any defect."""
+    data = _parse_object(raw)
+    record_type = data.get("record_type")
+    if record_type is None:
+        return _instance_event_from(data)
+    if record_type != COMMITMENT_RECORD_TYPE:
+        raise InvalidEventError(f"unknown record_type {str(record_type)[:40]!r}")
+    uids = data.get("sop_instance_uids")
+    if not isinstance(uids, list) or not uids or not all(isinstance(uid, str) and uid for uid in uids):
+        raise InvalidEventError("storage_commitment without sop_instance_uids")
+    for name in ("study_uid", "transaction_uid"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise InvalidEventError(f"storage_commitment without {name}")
+    return CommitmentRequest(
+        study_uid=data["study_uid"],
+        transaction_uid=data["transaction_uid"],
+        sop_instance_uids=tuple(uids),
+        calling_ae=str(data.get("calling_ae") or ""),
+        received_at=str(data.get("received_at") or ""),
+    )
+
+
+def decode_instance_event(raw: bytes | str | None) -> InstanceEvent:
+    """Parse and validate one instance event; raise :class:`InvalidEventError` on any defect."""
+    return _instance_event_from(_parse_object(raw))
+
+
+def _instance_event_from(data: dict[str, Any]) -> InstanceEvent:
     missing = [name for name in REQUIRED_FIELDS if not isinstance(data.get(name), str) or not data[name]]
     if missing:
         raise InvalidEventError(f"missing required field(s): {', '.join(missing)}")

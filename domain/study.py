@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import orjson
 
 from domain.errors import InvalidEventError
-from domain.events import CodedValue, InstanceEvent
+from domain.events import CodedValue, CommitmentRequest, InstanceEvent
 
 STATE_SCHEMA_VERSION = 1
 UID_CHARACTERS = frozenset("0123456789.")
@@ -142,6 +142,15 @@ def check_event_uids(event: InstanceEvent, *, study_key_uid: str | None) -> None
         if len(value) > UID_MAX_LENGTH or not set(value) <= UID_CHARACTERS:
             raise InvalidEventError(f"{name} is not a DICOM UID")
     if study_key_uid is not None and study_key_uid != event.study_uid:
+        raise InvalidEventError("message key differs from study_uid")
+
+
+def check_commitment_uids(request: CommitmentRequest, *, study_key_uid: str | None) -> None:
+    """Reject a commitment record whose UIDs cannot be table keys, or whose Kafka key is not its study."""
+    for value in (request.study_uid, *request.sop_instance_uids):
+        if len(value) > UID_MAX_LENGTH or not set(value) <= UID_CHARACTERS:
+            raise InvalidEventError("storage_commitment names something that is not a DICOM UID")
+    if study_key_uid is not None and study_key_uid != request.study_uid:
         raise InvalidEventError("message key differs from study_uid")
 
 
@@ -311,9 +320,9 @@ def apply_instance(
 
 
 def request_commitment(header: StudyHeader) -> StudyHeader:
-    """Hook for Storage Commitment: a commitment request covering the study makes it ready at once.
+    """A Storage Commitment request covering the study's open revision makes it ready at once.
 
-    The receiver does not produce commitment events yet; the aggregator will call this when it does.
+    The caller checks first that every instance the request names is part of the study.
     """
     if header.status is not StudyStatus.RECEIVING:
         return header

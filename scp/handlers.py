@@ -6,6 +6,7 @@ Contracts (statuses a handler may return):
   0xA700 storage or outbox failure (out of resources); 0xA900 missing/malformed UIDs or a dataset that
   contradicts the request; 0xC210 dataset cannot be parsed. Never raises into pynetdicom.
 * ``handle_echo`` (EVT_C_ECHO): 0x0000.
+* ``scp.commitment.handle_n_action`` (EVT_N_ACTION): Storage Commitment requests.
 * ``handle_requested`` (EVT_REQUESTED): rejects associations from calling AEs outside the allowlist.
 """
 
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pynetdicom.events import Event
@@ -27,6 +29,9 @@ from domain.dicom_event import InstanceRejected, Reception, check_identity, inst
 from scp.metrics import ReceiverMetrics
 from scp.outbox import Outbox
 from scp.storage import InstanceStore, StorageError, file_sha256
+
+if TYPE_CHECKING:
+    from scp.commitment import InstanceIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class ReceiverDeps:
     outbox: Outbox
     metrics: ReceiverMetrics
     allowlist: CallingAllowlist = field(default_factory=CallingAllowlist)
+    index: InstanceIndex | None = None  # for Storage Commitment
     fault_after_store: int = 0  # testing: os._exit after this many stored instances
     _stored: int = 0
     _stored_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -191,6 +197,12 @@ def _store_staged(
         except (sqlite3.Error, OSError) as exc:
             # The file is in place and the row holds a valid (merely unflagged) event: publish that.
             LOG.warning("C-STORE %s: could not flag the event (%s)", sop_instance, exc)
+
+    if deps.index is not None:
+        try:
+            deps.index.record(identity.sop_instance_uid, identity.sop_class_uid, identity.study_uid, str(target))
+        except sqlite3.Error as exc:  # the index only serves Storage Commitment: never fail a store for it
+            LOG.warning("C-STORE %s: not indexed for storage commitment (%s)", sop_instance, exc)
 
     outcome = "duplicate" if stored.duplicate else "replaced" if stored.replaced else "new"
     deps.metrics.instances_stored.labels(outcome=outcome).inc()

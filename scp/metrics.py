@@ -52,6 +52,12 @@ class ReceiverMetrics:
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600),
             registry=self.registry,
         )
+        self.commitments = Counter(
+            "studystream_receiver_storage_commitments",
+            "Storage Commitment requests, by outcome (committed, some_failed, refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.broker_connected = Gauge(
             "studystream_receiver_broker_connected",
             "1 while the publisher has a working producer",

@@ -137,6 +137,19 @@ class Outbox:
             self._in_flight.add(row_id)
         return row_id
 
+    def add_record(self, study_uid: str, value: bytes) -> int:
+        """Commit a record that is no instance (no file): published after the study's earlier events."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) "
+                "VALUES (?, '', '', '', ?, ?)",
+                (study_uid, value, time.time()),
+            )
+            row_id = int(cursor.lastrowid or 0)
+        for listener in self._listeners:
+            listener()
+        return row_id
+
     def release(self, row_id: int) -> None:
         """The event's file is in place: let the publisher have it."""
         with self._lock:
@@ -207,7 +220,8 @@ class Outbox:
         """At start-up: keep rows whose stored file matches, drop the others. Returns (kept, dropped)."""
         with self._lock:
             rows = self._db.execute("SELECT id, stored_path, sha256 FROM outbox ORDER BY id").fetchall()
-        dropped = [row_id for row_id, path, sha256 in rows if not file_matches(Path(path), sha256)]
+        # Rows without a file (commitment records) are kept as they are.
+        dropped = [row_id for row_id, path, sha256 in rows if path and not file_matches(Path(path), sha256)]
         if dropped:
             with self._lock:
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in dropped])

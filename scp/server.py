@@ -13,11 +13,12 @@ from types import FrameType
 
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from app.settings import Settings
 from domain.errors import ConfigurationError
+from scp.commitment import InstanceIndex, handle_n_action
 from scp.handlers import CallingAllowlist, ReceiverDeps, handle_echo, handle_requested, handle_store
 from scp.metrics import ReceiverMetrics, start_http
 from scp.outbox import Outbox
@@ -66,6 +67,7 @@ def build_ae(settings: Settings, ae_title: str) -> AE:
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:4])
+    ae.add_supported_context(StorageCommitmentPushModel, TRANSFER_SYNTAXES[:4])
     return ae
 
 
@@ -85,6 +87,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 def outbox_path(settings: Settings, slot: int) -> Path:
     base = settings.receiver_outbox_path or settings.state_dir / "receiver-outbox.sqlite"
     return base if slot == 0 else base.with_name(f"{base.stem}-{slot}{base.suffix}")
+
+
+def index_path(settings: Settings) -> Path:
+    return outbox_path(settings, 0).parent / "receiver-index.sqlite"
 
 
 def slot_of_outbox(settings: Settings, path: Path) -> int | None:
@@ -167,11 +173,13 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
         metrics=metrics,
         allowlist=CallingAllowlist.parse(settings.receiver_allowed_calling_aes),
         fault_after_store=settings.receiver_fault_after_store,
+        index=InstanceIndex(index_path(settings), busy_timeout=settings.receiver_index_timeout),
     )
     ae = build_ae(settings, ae_title)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [deps]),
         (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_N_ACTION, handle_n_action, [deps]),
         (evt.EVT_REQUESTED, handle_requested, [deps]),
     ]
     server = ae.make_server(
@@ -224,5 +232,7 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
     if http is not None:
         http.shutdown()
     store.close()
+    if deps.index is not None:
+        deps.index.close()
     outbox.close()
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from app.settings import Settings
-from domain.events import encode_instance_event
+from domain.events import CommitmentRequest, encode_commitment_request, encode_instance_event
 from tests.aggregator.conftest import (
     SyntheticStudy,
     TopicCollector,
@@ -152,3 +152,26 @@ def test_two_workers_one_killed_mid_stream_every_study_ready_once_with_all_insta
     for study in studies:
         (record,) = ready_topic.ready_for(study.uid)
         assert (record.revision, record.number_of_instances, record.number_of_series) == (1, 10, 2)
+
+
+def test_storage_commitment_covering_the_study_makes_it_ready_without_the_quiet_period(
+    aggregator_settings: Settings, workers: list[Worker], ready_topic: TopicCollector, tmp_path: Path
+) -> None:
+    settings = aggregator_settings.model_copy(update={"quiet_period": 300.0})
+    complete, partial = SyntheticStudy(series=1, per_series=4), SyntheticStudy(series=1, per_series=4)
+    worker = new_worker(workers, settings, tmp_path, "w1").start()
+    worker.wait_started()
+
+    produce_events(settings, complete.events() + partial.events())
+    commit_all = CommitmentRequest(complete.uid, "2.25.1", tuple(e.sop_instance_uid for e in complete.events()))
+    # One instance the aggregator never saw (stored by another receiving process, say): no shortcut.
+    commit_more = CommitmentRequest(
+        partial.uid, "2.25.2", (*[e.sop_instance_uid for e in partial.events()], f"{partial.uid}.9.9")
+    )
+    produce_raw(settings, [(r.key, encode_commitment_request(r)) for r in (commit_all, commit_more)])
+
+    wait_for(lambda: ready_topic.ready_for(complete.uid), 60, what="the committed study, long before 300 s")
+    (record,) = ready_topic.ready_for(complete.uid)
+    assert (record.revision, record.number_of_instances) == (1, 4)
+    wait_for(lambda: "names 1 instance(s) not seen yet" in worker.log(), 30, what="the partial commitment logged")
+    assert not ready_topic.ready_for(partial.uid)
