@@ -24,7 +24,7 @@ from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
 
 from app.settings import Settings
-from domain.events import decode_instance_event
+from domain.events import InstanceEvent, decode_raw_record
 from domain.fhir_mapping import bundle_file_name
 from domain.fhir_values import issuer_system
 from tests.aggregator.conftest import TopicCollector, Worker
@@ -168,13 +168,13 @@ class E2E:
             )
         return log.read_text(errors="replace").count("Received Store Response (Success)")
 
-    def send(self, *paths: Path, name: str = "send", retries: int = 0) -> dict[str, Any]:
-        """`studystream send --json`; returns its summary (``stored`` = instances acknowledged)."""
+    def send(self, *paths: Path, name: str = "send", retries: int = 0, options: tuple[str, ...] = ()) -> dict[str, Any]:
+        """`studystream send --json [options]`; returns its summary (``stored`` = instances acknowledged)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYSTREAM_")}
         env.update(STUDYSTREAM_SENDER_RETRY_BACKOFF="0.2")
         with (self.logs / f"{name}.log").open("ab") as err:
             done = subprocess.run(
-                [STUDYSTREAM, "send", "--json", "--no-progress", "--retries", str(retries)]
+                [STUDYSTREAM, "send", "--json", "--no-progress", "--retries", str(retries), *options]
                 + ["--host", "127.0.0.1", "--port", str(self.receiver.port), "--called-ae", self.settings.ae_title]
                 + [str(p) for p in paths],
                 cwd=ROOT,
@@ -195,7 +195,8 @@ class E2E:
 
     def published_sops(self) -> set[str]:
         """SOP Instance UIDs with at least one event on this pipeline's imaging.raw."""
-        return {decode_instance_event(value).sop_instance_uid for _, value, _, _ in list(self.raw.messages)}
+        records = (decode_raw_record(value) for _, value, _, _ in list(self.raw.messages))
+        return {r.sop_instance_uid for r in records if isinstance(r, InstanceEvent)}
 
     def wait_study(self, study: SentStudy, timeout: float = PUBLISH_TIMEOUT) -> dict[str, Any]:
         """The study's ImagingStudy once it lists every sent instance."""

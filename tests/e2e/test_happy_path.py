@@ -4,8 +4,10 @@ workers, HAPI."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
 from pydicom.charset import convert_encodings, encode_string
 
 from scu import synth
@@ -92,3 +94,22 @@ def test_the_phi_check_finds_names_and_ids_in_any_encoding(tmp_path: Path) -> No
         (tmp_path / name).write_bytes(content)
     hits = phi_hits(sorted(tmp_path.glob("*.log")), terms)
     assert {hit.split(":")[0] for hit in hits} == set(logs) - {"clean.log"}
+
+
+@pytest.mark.parametrize("e2e", [{"workers": 1, "quiet_period": 300.0}], indirect=True)
+def test_storage_commitment_puts_the_study_on_fhir_without_waiting_for_the_quiet_period(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    files = synth.write_studies(tmp_path / "in", studies=1, series=2, instances=4)
+    (study,) = studies_in(files).values()
+    e2e.remember({study.uid: study})
+    started = time.monotonic()
+
+    summary = e2e.send(tmp_path / "in", options=("--storage-commitment", "--commitment-timeout", "30"))
+
+    assert summary["stored"] == len(files) and summary["per_study"][0]["storage_commitment"] == "committed"
+    check_study_on_fhir(e2e, study)  # waits for the ImagingStudy with every instance
+    elapsed = time.monotonic() - started
+    print(f"\nstorage commitment: {len(files)} instances sent, ImagingStudy readable after {elapsed:.1f} s")
+    assert elapsed < 120, "the 300 s quiet period decided, not the commitment"
+    e2e.assert_no_phi_in_logs()
