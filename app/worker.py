@@ -24,9 +24,25 @@ def worker_datadir(settings: Settings, args: list[str]) -> Path:
 
 
 def run_worker(settings: Settings, args: list[str], datadir: Path | None = None) -> None:
+    if any(arg in ("-h", "--help") for arg in args):
+        # Faust's worker options, without the app (building it reads the control topic: Kafka must be up).
+        import click
+        from faust.cli.faust import cli as faust_cli
+
+        click.echo("studystream worker [--datadir DIR] [Faust worker options]: a Faust worker of StudyStream.\n")
+        faust_cli.main(["worker", "--help"], prog_name="studystream")
+        return
+    from aiokafka.errors import KafkaError
+
+    from domain.errors import ConfigurationError
     from infra.topics import ensure_topics
 
-    ensure_topics(settings)
+    try:
+        ensure_topics(settings)
+    except KafkaError as exc:
+        raise ConfigurationError(
+            f"cannot reach Kafka at {settings.broker_url} ({exc}); `studystream stack up` starts the local one"
+        ) from exc
     from app import stream_app
 
     stream_app.load_agents()
