@@ -39,6 +39,9 @@ def create_app(settings: Settings, generation: int = 1) -> faust.App:
         web_host=settings.web_host or None,  # None: Faust's default, the machine's host name
         # The raw table endpoint would expose patient data; the web view serves its own pages.
         web_tables_enabled=False,
+        # Faust's /router page (partition map, host names) would be served without authentication; the
+        # web view routes requests itself (app.router in-process), so the page is not needed.
+        web_router_enabled=False,
         producer_max_request_size=settings.max_message_bytes,
         consumer_max_fetch_size=settings.max_message_bytes,
         producer_acks=-1,

@@ -92,6 +92,12 @@ def test_protected_pages_require_the_token_or_basic_credentials(
         assert cluster.get(worker, path, headers=headers).status_code in (200, 404)
 
 
+def test_faust_pages_that_would_bypass_auth_are_not_served(one_worker: tuple[WebCluster, Worker]) -> None:
+    cluster, worker = one_worker
+    for path in ("/router/", "/table/study-headers/", "/graph/", "/stats/"):
+        assert cluster.get(worker, path, headers={}).status_code in (401, 404), path
+
+
 def test_health_is_open(one_worker: tuple[WebCluster, Worker]) -> None:
     cluster, worker = one_worker
     response = cluster.get(worker, "/health", headers={})
