@@ -85,6 +85,41 @@ def unique() -> str:
     return new_token()
 
 
+def pipeline_settings(kafka: Settings, kind: str, tmp: Path, **overrides: object) -> Settings:
+    """Settings of a pipeline nobody else uses: unique app id and topics (``test.<kind>.*``), own directories.
+
+    Short timings for tests: completeness checks every 0.2 s, a dead worker's partitions move after 6 s.
+    """
+    token = new_token()
+    values: dict[str, object] = dict(
+        broker_url=kafka.broker_url,
+        app_id=f"test-{kind}-{token}",
+        topic_raw=f"test.{kind}.raw.{token}",
+        topic_ready=f"test.{kind}.ready.{token}",
+        topic_dlq=f"test.{kind}.dlq.{token}",
+        topic_retry=f"test.{kind}.retry.{token}",
+        topic_control=f"test.{kind}.control.{token}",
+        state_dir=tmp / "state",
+        bundles_dir=tmp / "bundles",
+        aggregator_check_interval=0.2,
+        aggregator_session_timeout=6.0,
+    )
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a subprocess that must use exactly ``settings`` (and no STUDYSTREAM_* of ours)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYSTREAM_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STUDYSTREAM_{name.upper()}"] = str(value)
+    return env
+
+
 @pytest.fixture(scope="session", autouse=True)
 def delete_test_topics(settings: Settings) -> Iterator[None]:
     """At the end of the session, delete the topics this session's tests created (their names hold a token).

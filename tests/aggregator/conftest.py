@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app.settings import Settings
 from domain.events import CodedValue, InstanceEvent, encode_instance_event
 from domain.ready import StudyReady, decode_study_ready
-from tests.conftest import ROOT, free_port, unique_uid, wait_for
+from tests.conftest import ROOT, free_port, pipeline_settings, unique_uid, wait_for, worker_env
 
 STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -219,19 +219,9 @@ class Worker:
 
 
 @pytest.fixture
-def aggregator_settings(kafka: Settings, unique: str, tmp_path: Path) -> Settings:
+def aggregator_settings(kafka: Settings, tmp_path: Path) -> Settings:
     """Settings of an isolated pipeline: unique app id, topics and state directory; 1 s quiet period."""
-    settings = Settings(
-        broker_url=kafka.broker_url,
-        app_id=f"test-agg-{unique}",
-        topic_raw=f"test.raw.{unique}",
-        topic_ready=f"test.ready.{unique}",
-        topic_dlq=f"test.dlq.{unique}",
-        state_dir=tmp_path / "state",
-        quiet_period=1.0,
-        aggregator_check_interval=0.2,
-        aggregator_session_timeout=6.0,
-    )
+    settings = pipeline_settings(kafka, "agg", tmp_path, quiet_period=1.0)
     asyncio.run(create_topics(settings))
     return settings
 
@@ -253,24 +243,6 @@ async def create_topics(settings: Settings) -> None:
         assert all(code == 0 for _, code, *_ in response.topic_errors), response
     finally:
         await admin.close()
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYSTREAM_")}
-    for name in (
-        "broker_url",
-        "app_id",
-        "topic_raw",
-        "topic_ready",
-        "topic_dlq",
-        "state_dir",
-        "quiet_period",
-        "aggregator_check_interval",
-        "aggregator_session_timeout",
-        "topic_partitions",
-    ):
-        env[f"STUDYSTREAM_{name.upper()}"] = str(getattr(settings, name))
-    return env
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from domain.events import InstanceEvent, decode_raw_record
 from domain.fhir_mapping import bundle_file_name
 from domain.fhir_values import issuer_system
 from tests.aggregator.conftest import TopicCollector, Worker
-from tests.conftest import ROOT, new_token
+from tests.conftest import ROOT, pipeline_settings, worker_env
 from tests.scp.conftest import DCMTK_ENV, STORESCU, Receiver
-from tests.uploader.conftest import Pipeline, SwitchableProxy, _create_topics, worker_env
+from tests.uploader.conftest import Pipeline, SwitchableProxy, _create_topics
 
 QUIET_PERIOD = 1.0
 PUBLISH_TIMEOUT = 180.0  # a 500-instance bundle on a cold HAPI, on a loaded 2-core machine
@@ -319,21 +319,10 @@ class E2E:
 
 
 def e2e_settings(kafka: Settings, fhir_base_url: str, tmp: Path, **overrides: Any) -> Settings:
-    unique = new_token()
     values: dict[str, Any] = dict(
-        broker_url=kafka.broker_url,
-        app_id=f"test-e2e-{unique}",
-        topic_raw=f"test.e2e.raw.{unique}",
-        topic_ready=f"test.e2e.ready.{unique}",
-        topic_dlq=f"test.e2e.dlq.{unique}",
-        topic_retry=f"test.e2e.retry.{unique}",
-        state_dir=tmp / "state",
-        bundles_dir=tmp / "bundles",
         fhir_base_url=fhir_base_url,
         fhir_timeout=10.0,
         quiet_period=QUIET_PERIOD,
-        aggregator_check_interval=0.2,
-        aggregator_session_timeout=6.0,
         uploader_backoff_initial=0.2,
         uploader_backoff_max=1.0,
         uploader_inline_budget=3.0,
@@ -343,7 +332,7 @@ def e2e_settings(kafka: Settings, fhir_base_url: str, tmp: Path, **overrides: An
         web_refresh_seconds=0,
     )
     values.update(overrides)
-    return Settings(**values)
+    return pipeline_settings(kafka, "e2e", tmp, **values)
 
 
 def start_e2e(kafka: Settings, fhir: Settings, tmp: Path, workers: int = 2, **overrides: Any) -> E2E:

@@ -25,8 +25,7 @@ from app.settings import Settings
 from domain.events import InstanceEvent, encode_instance_event
 from domain.replay import group_id_for
 from tests.aggregator.conftest import STUDYSTREAM, SyntheticStudy, TopicCollector, Worker, create_topics
-from tests.conftest import ROOT, wait_for
-from tests.uploader.conftest import worker_env
+from tests.conftest import ROOT, pipeline_settings, wait_for, worker_env
 
 UPLOAD_TIMEOUT = 60.0
 
@@ -119,23 +118,10 @@ class ReplayPipeline:
 
 
 @pytest.fixture
-def pipeline(kafka: Settings, fhir: Settings, unique: str, tmp_path: Path) -> Iterator[ReplayPipeline]:
+def pipeline(kafka: Settings, fhir: Settings, tmp_path: Path) -> Iterator[ReplayPipeline]:
     """A worker (aggregator + uploader) that has published and uploaded 3 studies; stopped at teardown."""
-    settings = Settings(
-        broker_url=kafka.broker_url,
-        fhir_base_url=fhir.fhir_base_url,
-        app_id=f"test-replay-{unique}",
-        topic_raw=f"test.raw.{unique}",
-        topic_ready=f"test.ready.{unique}",
-        topic_dlq=f"test.dlq.{unique}",
-        topic_retry=f"test.retry.{unique}",
-        topic_control=f"test.control.{unique}",
-        topic_partitions=4,
-        state_dir=tmp_path / "state",
-        bundles_dir=tmp_path / "bundles",
-        quiet_period=1.0,
-        aggregator_check_interval=0.2,
-        aggregator_session_timeout=6.0,
+    settings = pipeline_settings(
+        kafka, "replay", tmp_path, fhir_base_url=fhir.fhir_base_url, topic_partitions=4, quiet_period=1.0
     )
     asyncio.run(create_topics(settings))
     worker = Worker(worker_env(settings), tmp_path, "worker")

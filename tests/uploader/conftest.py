@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app.settings import Settings
 from domain.ready import StudyReady, encode_study_ready
 from tests.aggregator.conftest import TopicCollector, Worker, _produce
-from tests.conftest import new_token, wait_for
+from tests.conftest import pipeline_settings, wait_for, worker_env
 
 UPLOAD_TIMEOUT = 60.0
 
@@ -150,38 +150,18 @@ async def _create_topics(settings: Settings, names: Sequence[str]) -> None:
         await admin.close()
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYSTREAM_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"STUDYSTREAM_{name.upper()}"] = str(value)
-    return env
-
-
 @pytest.fixture(scope="module")
 def pipeline(kafka: Settings, fhir: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """One worker (aggregator idle, uploader live) on unique topics, its FHIR base behind a switchable proxy."""
-    unique = new_token()
     tmp = tmp_path_factory.mktemp("uploader")
     hapi = httpx.URL(fhir.fhir_base_url)
     proxy = SwitchableProxy(hapi.host, hapi.port or 80)
-    settings = Settings(
-        broker_url=kafka.broker_url,
-        app_id=f"test-upl-{unique}",
-        topic_raw=f"test.raw.{unique}",
-        topic_ready=f"test.ready.{unique}",
-        topic_dlq=f"test.dlq.{unique}",
-        topic_retry=f"test.retry.{unique}",
-        state_dir=tmp / "state",
-        bundles_dir=tmp / "bundles",
+    settings = pipeline_settings(
+        kafka,
+        "upl",
+        tmp,
         fhir_base_url=f"http://127.0.0.1:{proxy.port}{hapi.path}",
         fhir_timeout=10.0,
-        aggregator_session_timeout=6.0,
         uploader_backoff_initial=0.2,
         uploader_backoff_max=1.0,
         uploader_inline_budget=3.0,

@@ -18,8 +18,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app.settings import Settings
 from domain.events import InstanceEvent
-from tests.aggregator.conftest import Worker, create_topics, make_event, produce_events, worker_env
-from tests.conftest import ROOT, new_token, unique_uid, wait_for
+from tests.aggregator.conftest import Worker, create_topics, make_event, produce_events
+from tests.conftest import ROOT, pipeline_settings, unique_uid, wait_for, worker_env
 
 ARTIFACTS = ROOT / "tests" / "artifacts" / "web"
 QUIET_PERIOD = 1.0
@@ -74,20 +74,7 @@ class WebCluster:
 
 def isolated_settings(kafka: Settings, tmp_path: Path) -> Settings:
     """Settings of a pipeline nobody else uses: unique app id, topics, state and bundles directories."""
-    unique = new_token()
-    settings = Settings(
-        broker_url=kafka.broker_url,
-        app_id=f"test-web-{unique}",
-        topic_raw=f"test.web.raw.{unique}",
-        topic_ready=f"test.web.ready.{unique}",
-        topic_dlq=f"test.web.dlq.{unique}",
-        topic_retry=f"test.web.retry.{unique}",
-        state_dir=tmp_path / "state",
-        bundles_dir=tmp_path / "bundles",
-        quiet_period=QUIET_PERIOD,
-        aggregator_check_interval=0.2,
-        aggregator_session_timeout=6.0,
-    )
+    settings = pipeline_settings(kafka, "web", tmp_path, quiet_period=QUIET_PERIOD)
     asyncio.run(create_topics(settings))
     return settings
 
