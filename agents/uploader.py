@@ -37,7 +37,7 @@ from app.settings import Settings
 from app.stream_app import app, control, settings, topics, upload_due_topic_name, uploader_channels
 from domain import upload as policy
 from domain.errors import InvalidEventError
-from domain.fhir_mapping import MappingOptions, build_transaction_bundle, bundle_file_name
+from domain.fhir_mapping import MappingOptions, build_transaction_bundle, bundle_file_name, is_newer
 from domain.ready import StudyReady, decode_study_ready
 from domain.study import iso_utc
 from infra.fhir_http import FhirClient, FhirHttpError
@@ -186,7 +186,7 @@ class StudyUploader:
             status, reason, outcome, retry_after = 0, "", None, None
             try:
                 stored = await self.client.find_study(record.study_uid)
-                if stored is not None and stored.revision >= record.revision:
+                if stored is not None and not is_newer(record.revision, stored):
                     self.healthy = True
                     return Attempted(
                         "superseded", total, location=f"ImagingStudy/{stored.id}", revision=stored.revision

@@ -14,6 +14,9 @@ Idempotency, in the Bundle itself:
   so a concurrent writer makes the server answer 412 instead of being overwritten.
 - The revision travels in ``meta.tag`` (system :attr:`MappingOptions.revision_tag_system`, code = the
   revision); :func:`stored_revision` reads it back to keep a lower revision from replacing a higher one.
+  A second tag carries :data:`MAPPING_VERSION`: a revision already on the server is written again when
+  it was written by an older mapping (so replaying ``imaging.study.ready`` after a mapping fix repairs
+  the resources), see :func:`is_newer`.
 """
 
 from __future__ import annotations
@@ -69,13 +72,32 @@ class MappingOptions:
     revision_tag_system: str = "urn:studystream:study-revision"
 
 
+# Bump when a change of this module should rewrite resources already on the server (then replay
+# imaging.study.ready). Resources written before the tag existed read as version 0.
+MAPPING_VERSION = 1
+MAPPING_VERSION_TAG_SYSTEM = "urn:studystream:mapping-version"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredStudy:
-    """The ImagingStudy the server holds for a study UID: its id, version and StudyStream revision."""
+    """The ImagingStudy the server holds for a study UID: its id, version, StudyStream revision and mapping."""
 
     id: str
     version: str | None
     revision: int
+    mapping_version: int = 0
+
+
+def is_newer(revision: int, stored: StoredStudy | None, mapping_version: int | None = None) -> bool:
+    """Whether writing ``revision`` (by ``mapping_version``) improves on what the server holds.
+
+    A higher revision always does; the same revision only when the stored one came from an older
+    mapping; a lower revision never (it would hide instances the server already lists).
+    """
+    if stored is None:
+        return True
+    mapping = MAPPING_VERSION if mapping_version is None else mapping_version
+    return (revision, mapping) > (stored.revision, stored.mapping_version)
 
 
 # --- Identifiers ---------------------------------------------------------------------------------
@@ -153,7 +175,7 @@ def build_imaging_study(
     study = ready.study
     data: dict[str, Any] = {
         "resourceType": "ImagingStudy",
-        "meta": {"tag": [revision_tag(ready.revision, options)]},
+        "meta": {"tag": [revision_tag(ready.revision, options), mapping_version_tag()]},
         "identifier": [{"use": "official", **study_identifier(study.uid)}],
         "status": "available",
         "subject": {"reference": patient_ref, "type": "Patient"},
@@ -198,17 +220,34 @@ def revision_tag(revision: int, options: MappingOptions) -> dict[str, str]:
     return {"system": options.revision_tag_system, "code": str(revision), "display": f"StudyStream revision {revision}"}
 
 
+def mapping_version_tag() -> dict[str, str]:
+    return {
+        "system": MAPPING_VERSION_TAG_SYSTEM,
+        "code": str(MAPPING_VERSION),
+        "display": f"StudyStream FHIR mapping version {MAPPING_VERSION}",
+    }
+
+
+def _highest_tag(resource: dict[str, Any], system: str) -> int:
+    codes = [
+        int(tag["code"])
+        for tag in (resource.get("meta") or {}).get("tag") or ()
+        if tag.get("system") == system and str(tag.get("code", "")).isdigit()
+    ]
+    return max(codes, default=0)
+
+
 def stored_revision(resource: dict[str, Any], options: MappingOptions) -> int:
     """The highest StudyStream revision tagged on a stored resource; 0 when untagged.
 
     The highest, not the only: servers that carry tags over from earlier versions keep old ones.
     """
-    revisions = [
-        int(tag["code"])
-        for tag in (resource.get("meta") or {}).get("tag") or ()
-        if tag.get("system") == options.revision_tag_system and str(tag.get("code", "")).isdigit()
-    ]
-    return max(revisions, default=0)
+    return _highest_tag(resource, options.revision_tag_system)
+
+
+def stored_mapping_version(resource: dict[str, Any]) -> int:
+    """The highest mapping version tagged on a stored resource (the newest mapping that wrote it); 0 when untagged."""
+    return _highest_tag(resource, MAPPING_VERSION_TAG_SYSTEM)
 
 
 def _series(series: ReadySeries, options: MappingOptions, tz_offset: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import jwt
 
 from app.settings import Settings
 from domain.errors import ConfigurationError
-from domain.fhir_mapping import MappingOptions, StoredStudy, stored_revision, study_search_query
+from domain.fhir_mapping import MappingOptions, StoredStudy, stored_mapping_version, stored_revision, study_search_query
 
 FHIR_JSON = "application/fhir+json"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -166,6 +166,7 @@ class FhirClient:
             id=str(best["id"]),
             version=(best.get("meta") or {}).get("versionId"),
             revision=stored_revision(best, self.options),
+            mapping_version=stored_mapping_version(best),
         )
 
     async def transaction(self, bundle_json: bytes) -> httpx.Response:

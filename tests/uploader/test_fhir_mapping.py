@@ -8,6 +8,8 @@ import orjson
 import pytest
 
 from domain.fhir_mapping import (
+    MAPPING_VERSION,
+    MAPPING_VERSION_TAG_SYSTEM,
     MappingOptions,
     StoredStudy,
     build_imaging_study,
@@ -15,7 +17,9 @@ from domain.fhir_mapping import (
     build_transaction_bundle,
     bundle_file_name,
     full_url,
+    is_newer,
     patient_identifier,
+    stored_mapping_version,
     stored_revision,
 )
 from domain.fhir_values import EN_REPRESENTATION, fhir_datetime, human_names, issuer_system
@@ -38,7 +42,12 @@ EXPECTED_PATIENT = {
 
 EXPECTED_STUDY = {
     "resourceType": "ImagingStudy",
-    "meta": {"tag": [{"system": "urn:studystream:study-revision", "code": "3", "display": "StudyStream revision 3"}]},
+    "meta": {
+        "tag": [
+            {"system": "urn:studystream:study-revision", "code": "3", "display": "StudyStream revision 3"},
+            {"system": "urn:studystream:mapping-version", "code": "1", "display": "StudyStream FHIR mapping version 1"},
+        ]
+    },
     "identifier": [
         {"use": "official", "system": "urn:dicom:uid", "value": f"urn:oid:{STUDY_UID}"},
         {
@@ -280,6 +289,22 @@ def test_stored_revision_is_the_highest_tag_of_the_system() -> None:
     }
     assert stored_revision(resource, OPTIONS) == 3
     assert stored_revision({}, OPTIONS) == 0
+
+
+def test_a_revision_is_newer_than_a_lower_one_or_the_same_one_from_an_older_mapping() -> None:
+    stored = StoredStudy("42", "3", revision=2, mapping_version=1)
+    assert is_newer(3, stored, mapping_version=1)
+    assert is_newer(2, stored, mapping_version=2)  # the same revision, a fixed mapping: write it again
+    assert not is_newer(2, stored, mapping_version=1)
+    assert not is_newer(1, stored, mapping_version=9)  # never a lower revision, whatever the mapping
+    assert is_newer(1, None)
+    untagged = {"meta": {"tag": [{"system": "urn:studystream:study-revision", "code": "2"}]}}
+    assert stored_mapping_version(untagged) == 0
+    tags = build_imaging_study(make_ready(), OPTIONS, "Patient/1").meta.tag
+    assert [(t.system, t.code) for t in tags] == [
+        ("urn:studystream:study-revision", "1"),
+        (MAPPING_VERSION_TAG_SYSTEM, str(MAPPING_VERSION)),
+    ]
 
 
 def test_bundle_file_name() -> None:

@@ -7,10 +7,12 @@ import dataclasses
 import uuid
 
 import orjson
+import pytest
 
 from agents.uploader import StudyUploader
 from app.settings import Settings
-from domain.fhir_mapping import MappingOptions, stored_revision
+from domain import fhir_mapping
+from domain.fhir_mapping import MappingOptions, stored_mapping_version, stored_revision
 from domain.fhir_values import EN_REPRESENTATION
 from domain.ready import ReadySeries
 from tests.conftest import unique_uid, wait_for
@@ -95,6 +97,31 @@ def test_old_revision_is_not_written_over_a_higher_one_found_on_the_server(pipel
     assert asyncio.run(run()) == ("published", "superseded")
     (study,) = pipeline.studies(uid)
     assert stored_revision(study, OPTIONS) == 3 and study["numberOfInstances"] == 4
+
+
+def test_a_revision_written_by_an_older_mapping_is_written_again(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What replaying imaging.study.ready after a mapping fix relies on: same revision, newer mapping."""
+    uploader = StudyUploader(_direct(pipeline), None)  # type: ignore[arg-type]  # upload() needs no table
+    ready = make_ready(unique_uid(), patient_id=new_patient_id(), revision=1, series=(("CT", "CHEST", 2),))
+
+    async def upload() -> str:
+        return (await uploader.upload(ready, 0)).kind
+
+    async def run() -> list[str]:
+        try:
+            with monkeypatch.context() as old_mapping:
+                old_mapping.setattr(fhir_mapping, "MAPPING_VERSION", fhir_mapping.MAPPING_VERSION - 1)
+                first = await upload()
+            return [first, await upload(), await upload()]
+        finally:
+            await uploader.client.close()
+
+    assert asyncio.run(run()) == ["published", "published", "superseded"]
+    (study,) = pipeline.studies(ready.study_uid)
+    assert study["meta"]["versionId"] == "2"  # one resource, rewritten once
+    assert stored_mapping_version(study) == fhir_mapping.MAPPING_VERSION
 
 
 def _direct(pipeline: Pipeline) -> Settings:
