@@ -147,7 +147,6 @@ def _store_staged(
         defect = parse_defect(dataset, str(event.context.transfer_syntax), staged.stat().st_size)
         if defect:
             return _fail(deps, "unparseable", CANNOT_UNDERSTAND, sop_instance, defect)
-        dataset.decode()  # resolve the character set now, inside this guard
         identity = check_identity(dataset, sop_class, sop_instance)
     except InstanceRejected as exc:
         return _fail(
@@ -174,26 +173,31 @@ def _store_staged(
         size=size,
         sha256="",
     )
+    try:
+        # Reads (and decodes with the Specific Character Set) only the attributes the event needs.
+        instance = instance_event(dataset, identity, reception)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed values
+        return _fail(deps, "unparseable", CANNOT_UNDERSTAND, sop_instance, type(exc).__name__)
     # The file's data flush runs while the outbox row is committed (each waits for the disk).
     data_sync = deps.store.start_sync(staged)
     try:
         # The outbox row records what the file will be (its hash), so recovery can verify it.
-        reception = replace(reception, sha256=file_sha256(staged))
-        row_id = deps.outbox.add(instance_event(dataset, identity, reception))
+        instance = replace(instance, sha256=file_sha256(staged))
+        row_id = deps.outbox.add(instance)
     except (sqlite3.Error, OSError) as exc:
         if data_sync is not None:
             data_sync.exception()  # let the flush finish before the caller deletes the staged file
         return _fail(deps, "outbox_error", OUT_OF_RESOURCES, sop_instance, f"{type(exc).__name__}: {exc}")
     try:
-        stored = deps.store.commit(staged, target, reception.sha256, data_sync)
+        stored = deps.store.commit(staged, target, instance.sha256, data_sync)
     except StorageError as exc:
         deps.outbox.discard(row_id)
         return _fail(deps, "storage_error", OUT_OF_RESOURCES, sop_instance, str(exc))
     if stored.duplicate or stored.replaced:
         # Known only after the store's locked comparison: correct the row before it is released.
-        final = replace(reception, duplicate=stored.duplicate, replaced=stored.replaced)
+        final = replace(instance, duplicate=stored.duplicate, replaced=stored.replaced)
         try:
-            deps.outbox.rewrite(row_id, instance_event(dataset, identity, final))
+            deps.outbox.rewrite(row_id, final)
         except (sqlite3.Error, OSError) as exc:
             # The file is in place and the row holds a valid (merely unflagged) event: publish that.
             LOG.warning("C-STORE %s: could not flag the event (%s)", sop_instance, exc)
