@@ -238,6 +238,12 @@ class Settings(BaseSettings):
         description="SQLite outbox of unpublished events (default: `<state_dir>/receiver-outbox.sqlite`).",
     )
     receiver_publish_batch: int = Field(500, ge=1, description="Events the receiver's publisher sends per round.")
+    receiver_publish_linger: float = Field(
+        0.05,
+        ge=0,
+        description="Seconds the publisher waits after the first new event to take more in the same round "
+        "(fewer, larger rounds leave the associations more CPU; adds at most this to publish latency).",
+    )
     receiver_publish_retry_initial: float = Field(
         0.5,
         gt=0,

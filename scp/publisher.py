@@ -79,7 +79,8 @@ class Publisher:
                     if time.monotonic() >= next_probe:
                         await self._probe(producer)
                         next_probe = time.monotonic() + self.settings.receiver_broker_probe_interval
-                    await self._sleep(_IDLE_WAIT)
+                    if await self._sleep(_IDLE_WAIT) and not self._stopping.is_set():
+                        await asyncio.sleep(self.settings.receiver_publish_linger)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the publisher must outlive any broker or client failure
@@ -96,13 +97,16 @@ class Publisher:
         if producer is not None:
             await self._close(producer)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait until notified or ``seconds`` pass; True when notified."""
         assert self._wake is not None
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
+            woken = True
         except TimeoutError:
-            pass
+            woken = False
         self._wake.clear()
+        return woken
 
     async def _start_producer(self) -> AIOKafkaProducer:
         timeout = self.settings.receiver_publish_timeout
