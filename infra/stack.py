@@ -66,6 +66,18 @@ def _pid_file(settings: Settings, service: str) -> Path:
     return settings.state_dir.resolve() / "run" / f"{service}.pid"
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of a UUID, as Kafka's own), never starting with "-".
+
+    One in 64 ids would start with "-"; passed as a separate argument, kafka-storage's parser took it
+    for an option and formatting failed ("--cluster-id: expected one argument", seen in a test run).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _java(java_home: Path | None = None) -> str:
     if java_home is not None:
         return str(java_home / "bin" / "java")
@@ -156,9 +168,9 @@ def prepare_kafka(settings: Settings) -> ManagedProcess:
     java = _java()
     classpath = f"{lib}/*"
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        format_storage = ["kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}", "-c", str(props)]
         result = subprocess.run(  # noqa: S603
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            [java, "-cp", classpath, *format_storage],
             capture_output=True,
             text=True,
             check=False,
