@@ -197,6 +197,16 @@ class Settings(BaseSettings):
         "",
         description="Calling AE titles allowed to associate, comma separated, each optionally `AE@host`; empty: any.",
     )
+    receiver_commitment_peers: str = Field(
+        "",
+        description="Where to send a Storage Commitment result when the requesting association is gone: "
+        "`AE=host:port`, comma separated (the sender's AE title and its own DICOM listener).",
+    )
+    receiver_commitment_report_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds the receiver waits for a sender to answer a Storage Commitment result (N-EVENT-REPORT).",
+    )
     receiver_tls_cert: Path | None = Field(
         None,
         description="PEM certificate of the receiver; with `receiver_tls_key` turns on TLS.",

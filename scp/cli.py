@@ -56,9 +56,12 @@ def receive(
     ae_title = ae_title or settings.ae_title
     storage_dir = storage_dir or settings.storage_dir
     count = processes or settings.receiver_processes
+    from domain.errors import StudyStreamError
+    from scp.commitment import parse_commitment_peers
     from scp.outbox import OutboxInUse
 
     try:
+        parse_commitment_peers(settings.receiver_commitment_peers)  # a typo fails here, not at the first request
         if slot is None:
             from scp.server import adopt_orphan_outboxes
 
@@ -69,6 +72,8 @@ def receive(
             sys.exit(run_receiver(settings, port, ae_title, storage_dir, slot or 0))
     except OutboxInUse as exc:
         raise click.ClickException(f"{exc} (one receiver per state directory)") from None
+    except StudyStreamError as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(_supervise(settings, count, port, ae_title, storage_dir, log_level))
 
 

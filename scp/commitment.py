@@ -6,8 +6,10 @@ answers the N-ACTION at once, publishes one commitment record per study on ``ima
 the outbox, after the study's instance events) so the aggregator can call the study complete without
 waiting for the quiet period, and reports the outcome with an N-EVENT-REPORT on the same association.
 
-Known limit: the report is only sent on the requesting association; a sender that releases it before
-the report arrives must ask again (no outgoing association to the sender's AE is opened).
+The report goes to the sender's own listener when ``STUDYSTREAM_RECEIVER_COMMITMENT_PEERS`` names its
+AE title (``AE=host:port``; the receiver requests that association and takes the SCP role by role
+selection, PS3.4 J.3.3): what modalities that release right after the N-ACTION expect. Otherwise it
+goes on the requesting association, which the sender must keep open until the result arrives.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance  # type: ignore[attr-defined]
 
 from domain.dicom_event import is_valid_uid
+from domain.errors import ConfigurationError
 from domain.events import CommitmentRequest, encode_commitment_request
 from scp.handlers import ReceiverDeps
 
@@ -47,6 +52,29 @@ CREATE TABLE IF NOT EXISTS instances (
     stored_path TEXT NOT NULL
 )
 """
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRoute:
+    """How to reach a sender that released its association before its Storage Commitment result."""
+
+    peers: Mapping[str, tuple[str, int]]  # calling AE title → (host, port)
+    our_ae_title: str
+    timeout: float
+
+
+def parse_commitment_peers(text: str) -> dict[str, tuple[str, int]]:
+    """``AE=host:port, ...`` → {AE: (host, port)}; a malformed entry is a configuration error."""
+    peers: dict[str, tuple[str, int]] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        ae, _, address = entry.partition("=")
+        host, _, port = address.strip().rpartition(":")
+        if not ae.strip() or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"STUDYSTREAM_RECEIVER_COMMITMENT_PEERS: {entry!r} is not AE=host:port")
+        peers[ae.strip()] = (host.strip("[]"), int(port))
+    return peers
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,20 +240,64 @@ def handle_n_action(event: Event, deps: ReceiverDeps) -> tuple[int, Dataset | No
     # pynetdicom sends the N-ACTION response when this handler returns; the report must follow it, so
     # it goes from another thread (send_n_event_report pauses the association's reactor meanwhile).
     threading.Thread(
-        target=_send_report, args=(event.assoc, transaction_uid, outcome), name="commitment-report", daemon=True
+        target=_send_report,
+        args=(event.assoc, calling_ae, transaction_uid, outcome, deps.report_route),
+        name="commitment-report",
+        daemon=True,
     ).start()
     return SUCCESS, None
 
 
-def _send_report(assoc: object, transaction_uid: str, outcome: CommitmentOutcome) -> None:
+def _send_report(
+    assoc: Any, calling_ae: str, transaction_uid: str, outcome: CommitmentOutcome, route: ReportRoute | None
+) -> None:
     event_type, info = build_report(transaction_uid, outcome)
+    if route is not None and calling_ae in route.peers:
+        # A configured listener means the sender expects the result there (it may release at once).
+        host, port = route.peers[calling_ae]
+        where = f"new association to {calling_ae}@{host}:{port}"
+        delivered = _report_on_new_association(route, calling_ae, host, port, event_type, info, transaction_uid)
+    else:
+        where = "requesting association"
+        delivered = assoc.is_established and _report(assoc, event_type, info, transaction_uid)
+    if delivered:
+        LOG.info("storage commitment %s: result delivered on the %s", transaction_uid, where)
+    else:
+        LOG.warning(
+            "storage commitment %s: result not delivered on the %s (for senders that release at once, name "
+            "their listener in STUDYSTREAM_RECEIVER_COMMITMENT_PEERS): the sender must ask again",
+            transaction_uid,
+            where,
+        )
+
+
+def _report(assoc: Any, event_type: int, info: Dataset, transaction_uid: str) -> bool:
     try:
-        status, _ = assoc.send_n_event_report(  # type: ignore[attr-defined]
+        status, _ = assoc.send_n_event_report(
             info, event_type, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
         )
-        delivered = int(status.get("Status", 0xFFFF)) == SUCCESS
-    except Exception as exc:  # noqa: BLE001 - the association may be gone: the sender asks again
-        LOG.warning("storage commitment %s: report not delivered (%s)", transaction_uid, type(exc).__name__)
-        return
-    if not delivered:
-        LOG.warning("storage commitment %s: report not acknowledged by the sender", transaction_uid)
+    except Exception as exc:  # noqa: BLE001 - the association may be gone meanwhile
+        LOG.info("storage commitment %s: report failed (%s)", transaction_uid, type(exc).__name__)
+        return False
+    return int(status.get("Status", 0xFFFF)) == SUCCESS
+
+
+def _report_on_new_association(
+    route: ReportRoute, peer_ae: str, host: str, port: int, event_type: int, info: Dataset, transaction_uid: str
+) -> bool:
+    ae = AE(ae_title=route.our_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = route.timeout
+    ae.add_requested_context(StorageCommitmentPushModel)
+    # We (the Storage Commitment SCP) request this association: role selection says we act as SCP.
+    role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    try:
+        assoc = ae.associate(host, port, ae_title=peer_ae, ext_neg=[role])
+    except Exception as exc:  # noqa: BLE001 - unreachable peer, bad address
+        LOG.info("storage commitment %s: cannot associate with %s (%s)", transaction_uid, peer_ae, exc)
+        return False
+    if not assoc.is_established:
+        return False
+    try:
+        return _report(assoc, event_type, info, transaction_uid)
+    finally:
+        assoc.release()

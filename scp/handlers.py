@@ -31,7 +31,7 @@ from scp.outbox import Outbox
 from scp.storage import InstanceStore, StorageError, file_sha256
 
 if TYPE_CHECKING:
-    from scp.commitment import InstanceIndex
+    from scp.commitment import InstanceIndex, ReportRoute
 
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class ReceiverDeps:
     metrics: ReceiverMetrics
     allowlist: CallingAllowlist = field(default_factory=CallingAllowlist)
     index: InstanceIndex | None = None  # for Storage Commitment
+    report_route: ReportRoute | None = None  # where commitment results go when the association is gone
     fault_after_store: int = 0  # testing: os._exit after this many stored instances
     _stored: int = 0
     _stored_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -18,7 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.settings import Settings
 from domain.errors import ConfigurationError
-from scp.commitment import InstanceIndex, handle_n_action
+from scp.commitment import InstanceIndex, ReportRoute, handle_n_action, parse_commitment_peers
 from scp.handlers import CallingAllowlist, ReceiverDeps, handle_echo, handle_requested, handle_store
 from scp.metrics import ReceiverMetrics, start_http
 from scp.outbox import Outbox
@@ -174,6 +174,11 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
         allowlist=CallingAllowlist.parse(settings.receiver_allowed_calling_aes),
         fault_after_store=settings.receiver_fault_after_store,
         index=InstanceIndex(index_path(settings), busy_timeout=settings.receiver_index_timeout),
+        report_route=ReportRoute(
+            peers=parse_commitment_peers(settings.receiver_commitment_peers),
+            our_ae_title=ae_title,
+            timeout=settings.receiver_commitment_report_timeout,
+        ),
     )
     ae = build_ae(settings, ae_title)
     handlers = [

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance  # type: ignore[attr-defined]
 
 from app.settings import Settings
+from domain.errors import ConfigurationError
 from domain.events import CommitmentRequest, decode_raw_record, encode_commitment_request
 from scp.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -20,10 +22,11 @@ from scp.commitment import (
     IndexedInstance,
     build_report,
     judge_commitment,
+    parse_commitment_peers,
     read_request,
 )
 from scp.outbox import Outbox
-from tests.conftest import unique_uid, wait_for
+from tests.conftest import free_port, unique_uid, wait_for
 from tests.scp.conftest import make_dataset, read_events, write_dataset
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -149,3 +152,59 @@ def test_request_naming_an_unknown_instance_reports_it_failed(
     assert str(info.TransactionUID) == "2.25.4711"
     assert [int(i.FailureReason) for i in info.FailedSOPSequence] == [NO_SUCH_OBJECT_INSTANCE]
     assert "ReferencedSOPSequence" not in info
+
+
+def test_commitment_peers_parse_and_reject_typos() -> None:
+    assert parse_commitment_peers("MOD1=10.0.0.5:104, PACS = pacs.example:11112") == {
+        "MOD1": ("10.0.0.5", 104),
+        "PACS": ("pacs.example", 11112),
+    }
+    assert parse_commitment_peers("") == {}
+    for bad in ("MOD1", "MOD1=host", "=host:104", "MOD1=host:0", "MOD1=host:x"):
+        with pytest.raises(ConfigurationError):
+            parse_commitment_peers(bad)
+
+
+def test_result_goes_to_the_senders_listener_when_it_released_the_association(
+    receiver_factory, kafka: Settings, tmp_path: Path
+) -> None:
+    """Many modalities ask, release, and wait for the result on an association the archive opens."""
+    reports: list[tuple[int, Dataset]] = []
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        reports.append((int(event.request.EventTypeID), event.event_information))
+        return 0x0000, None
+
+    modality = AE(ae_title="MODALITY")
+    # The archive requests this association and takes the SCP role (PS3.4 J.3.3): accept that role.
+    modality.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    listen_port = free_port()
+    server = modality.start_server(
+        ("127.0.0.1", listen_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    try:
+        receiver = receiver_factory(STUDYSTREAM_RECEIVER_COMMITMENT_PEERS=f"MODALITY=127.0.0.1:{listen_port}").start()
+        ds = make_dataset()
+        stored = write_dataset(ds, tmp_path / "in")
+        requester = AE(ae_title="MODALITY")
+        requester.add_requested_context(CT, "1.2.840.10008.1.2.1")
+        requester.add_requested_context(StorageCommitmentPushModel)
+        assoc = requester.associate("127.0.0.1", receiver.port, ae_title="STUDYSTREAM")
+        assert assoc.is_established
+        assert int(assoc.send_c_store(stored).Status) == 0x0000
+        request = Dataset()
+        request.TransactionUID = "2.25.90210"
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CT, str(ds.SOPInstanceUID)
+        request.ReferencedSOPSequence = [item]
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance)
+        assert int(status.Status) == 0x0000
+        assoc.release()  # without waiting for the result
+
+        wait_for(lambda: reports, 30, what="the result on the modality's own listener")
+    finally:
+        server.shutdown()
+    event_type, info = reports[0]
+    assert event_type == 1 and str(info.TransactionUID) == "2.25.90210"
+    assert [str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence] == [str(ds.SOPInstanceUID)]
+    assert "result delivered on the new association to MODALITY@127.0.0.1" in receiver.log()
