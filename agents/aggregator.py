@@ -297,10 +297,10 @@ class StudyAggregator:
         now = time.time()
         sent = 0
         clocks: dict[int, float | None] = {}
-        pending = list(self.tables.pending_study_uids())
-        self.checks_sent = {uid: self.checks_sent[uid] for uid in pending if uid in self.checks_sent}
-        for study_uid in pending:
-            header = self.tables.header(study_uid)
+        pending = list(self.tables.pending_studies())
+        self.checks_sent = {uid: self.checks_sent[uid] for uid, _ in pending if uid in self.checks_sent}
+        for study_uid, partition in pending:
+            header = self.tables.pending_header(study_uid, partition)
             if header is None or not domain.wall_quiet_elapsed(header, now, self.settings.quiet_period):
                 continue
             if header.partition not in clocks:

@@ -105,10 +105,28 @@ class StudyTables:
             return table.get(key)
         return table.data._db_for_partition(partition).get(key)
 
-    def pending_study_uids(self) -> Iterator[str]:
-        """Studies with an open revision on the partitions this worker actively owns (not standbys)."""
-        for key in self.pending.keys():
-            yield key.decode("ascii")
+    def pending_header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
+        """The header of a study :meth:`pending_studies` listed, or None once its partition is closed.
+
+        For the timer, which runs beside the agent: a partition revoked meanwhile must not be reopened.
+        """
+        db = self.headers.data._dbs.get(partition)
+        raw = db.get(domain.study_key(study_uid)) if db is not None else None
+        return domain.decode_header(raw) if raw is not None else None
+
+    def pending_studies(self) -> Iterator[tuple[str, int]]:
+        """(study, partition) of the studies with an open revision on the partitions this worker actively
+        owns (not standbys): what ``self.pending.keys()`` lists, with the partition, so the completeness
+        timer reads each header straight from its partition (a tenth of the CPU with many small studies).
+        """
+        store = self.pending.data
+        actives = self.app.assignor.assigned_actives()
+        topic = self.pending.changelog_topic.get_topic_name()
+        for partition, db in list(store._dbs.items()):
+            if TP(topic, partition) in actives:
+                for key in db.keys():
+                    if key != store.offset_key:
+                        yield key.decode("ascii"), partition
 
     def study_series(self, study_uid: str, partition: int) -> list[domain.SeriesInfo]:
         return [domain.decode_series(v) for v in self.children(self.series, partition, study_uid)]
