@@ -137,16 +137,16 @@ class StudyAggregator:
         for event in events:
             message = event.message
             try:
-                with processing(event):  # also makes table reads look in the event's partition only
-                    if message.topic == self.check_topic:
-                        self.flush(batch)
+                if message.topic == self.check_topic:
+                    await self.flush(batch)
+                    with processing(event):  # table reads and writes go to the event's partition
                         await self.on_check(message)
-                    else:
-                        await self.on_instance(event, batch)
+                else:
+                    await self.on_instance(event, batch)  # reads its partition; writes wait for flush
             except InvalidEventError as exc:  # corrupt stored state: skip the message, keep the stream alive
                 self.counters["errors"] += 1
                 log.error("%s[%d]@%d skipped: %s", message.topic, message.partition, message.offset, exc)
-        self.flush(batch)
+        await self.flush(batch)
 
     async def on_instance(self, event: Any, batch: dict[str, PendingStudy]) -> None:
         message = event.message
@@ -163,8 +163,8 @@ class StudyAggregator:
             await self.dead_letter(message, str(exc))
             return
         if isinstance(record, CommitmentRequest):
-            self.flush(batch)  # the request is judged against every instance read before it
-            self.on_commitment(record)
+            await self.flush(batch)  # the request is judged against every instance read before it
+            self.on_commitment(event, record)
             return
         instance_event = record
         now = time.time()
@@ -175,11 +175,11 @@ class StudyAggregator:
 
         study_uid = instance_event.study_uid
         pending = batch.get(study_uid)
-        header = pending.header if pending is not None else self.tables.header(study_uid)
+        header = pending.header if pending is not None else self.tables.header(study_uid, partition)
         sop_uid = instance_event.sop_instance_uid
         known_instance = pending.instances.get(sop_uid) if pending is not None else None
         if known_instance is None:
-            known_instance = self.tables.instance_info(study_uid, sop_uid)
+            known_instance = self.tables.instance_info(study_uid, sop_uid, partition)
         if header is not None and known_instance == domain.instance_from_event(instance_event):
             self.counters["duplicates"] += 1  # the common repeat: skip the series read
             return
@@ -187,7 +187,7 @@ class StudyAggregator:
         if pending is not None and series_uid in pending.known_series:
             known_series = pending.known_series[series_uid]
         else:
-            known_series = self.tables.series_info(study_uid, series_uid)
+            known_series = self.tables.series_info(study_uid, series_uid, partition)
         update = domain.apply_instance(
             header, known_series, known_instance, instance_event, domain.Reception(now, event_time, partition)
         )
@@ -204,11 +204,13 @@ class StudyAggregator:
         if update.opened_revision:
             log.info("study %s revision %d opened (partition %d)", study_uid, update.header.revision, partition)
 
-    def on_commitment(self, request: CommitmentRequest) -> None:
+    def on_commitment(self, event: Any, request: CommitmentRequest) -> None:
         """A Storage Commitment request: the study is ready at once if it holds every instance named."""
-        study_uid = request.study_uid
-        header = self.tables.header(study_uid)
-        missing = [sop for sop in request.sop_instance_uids if self.tables.instance_info(study_uid, sop) is None]
+        study_uid, partition = request.study_uid, event.message.partition
+        header = self.tables.header(study_uid, partition)
+        missing = [
+            sop for sop in request.sop_instance_uids if self.tables.instance_info(study_uid, sop, partition) is None
+        ]
         if header is None or missing:
             # Stored by another receiving process and not read yet: the quiet period decides instead.
             self.counters["commitments_incomplete"] += 1
@@ -221,7 +223,8 @@ class StudyAggregator:
             return
         committed = domain.request_commitment(header)
         if committed != header:
-            self.tables.put_header(committed)
+            with processing(event):  # the header write goes to the event's partition
+                self.tables.put_header(committed)
             self.counters["commitments"] += 1
             log.info(
                 "study %s revision %d: storage commitment %s for %d instance(s), ready now",
@@ -231,16 +234,21 @@ class StudyAggregator:
                 len(request.sop_instance_uids),
             )
 
-    def flush(self, batch: dict[str, PendingStudy]) -> None:
-        """Write the batch's pending rows, each study as if while handling its last event (same partition)."""
+    async def flush(self, batch: dict[str, PendingStudy]) -> None:
+        """Write the batch's pending rows: instance rows per partition, then each study's series and header
+        as if while handling its last event (same partition)."""
+        rows: dict[int, list[tuple[bytes, bytes]]] = {}
+        for uid, pending in batch.items():
+            partition_rows = rows.setdefault(pending.event.message.partition, [])
+            partition_rows.extend(
+                (domain.child_key(uid, instance.uid), domain.encode_instance(instance))
+                for instance in pending.instances.values()
+            )
+        for partition, partition_rows in rows.items():
+            await self.tables.put_instances(partition, partition_rows)
         for pending in batch.values():
             with processing(pending.event):
-                self.tables.put_study(
-                    pending.header,
-                    pending.instances.values(),
-                    pending.series.values(),
-                    opened_revision=pending.opened_revision,
-                )
+                self.tables.put_study(pending.header, pending.series.values(), opened_revision=pending.opened_revision)
         batch.clear()
 
     async def dead_letter(self, message: Any, reason: str) -> None:
@@ -327,10 +335,10 @@ class StudyAggregator:
         now = time.time()
         sent = 0
         clocks: dict[int, float | None] = {}
-        pending = list(self.tables.pending_study_uids())
-        self.checks_sent = {uid: self.checks_sent[uid] for uid in pending if uid in self.checks_sent}
-        for study_uid in pending:
-            header = self.tables.header(study_uid)
+        pending = list(self.tables.pending_studies())
+        self.checks_sent = {uid: self.checks_sent[uid] for uid, _ in pending if uid in self.checks_sent}
+        for study_uid, partition in pending:
+            header = self.tables.pending_header(study_uid, partition)
             if header is None or not domain.wall_quiet_elapsed(header, now, self.settings.quiet_period):
                 continue
             if header.partition not in clocks:

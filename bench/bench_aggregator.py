@@ -190,7 +190,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_size(base: Settings, study_size: int, target_events: int, state_dir: Path, timeout: float) -> Result:
+def run_size(
+    base: Settings,
+    study_size: int,
+    target_events: int,
+    state_dir: Path,
+    timeout: float,
+    worker_settings: dict[str, str] | None = None,
+) -> Result:
     run_id = uuid.uuid4().hex[:8]
     settings = base.model_copy(
         update={
@@ -210,6 +217,8 @@ def run_size(base: Settings, study_size: int, target_events: int, state_dir: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDYSTREAM_")}
     for name in ("broker_url", "app_id", "topic_raw", "topic_ready", "topic_dlq", "state_dir", "quiet_period"):
         env[f"STUDYSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    for name, value in (worker_settings or {}).items():  # --set: compare settings side by side
+        env[f"STUDYSTREAM_{name.upper()}"] = value
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log = (state_dir / f"worker-{study_size}.log").open("wb")
     worker = subprocess.Popen(
@@ -239,13 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000, help="events per study size (default 10,000)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 5000])
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one size")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the worker, e.g. --set aggregator_batch_size=2000 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    worker_settings = dict(item.split("=", 1) for item in args.set)
 
     base = Settings()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-aggregator-") as tmp:
         for size in args.sizes:
-            result = run_size(base, size, max(args.events, size), Path(tmp), args.timeout)
+            result = run_size(base, size, max(args.events, size), Path(tmp), args.timeout, worker_settings)
             results.append(result)
             print(
                 f"study size {size:>5}: {result.studies:>4} studies, {result.events:>6} events in "

@@ -165,11 +165,14 @@ def _instance_event_from(data: dict[str, Any]) -> InstanceEvent:
     missing = [name for name in REQUIRED_FIELDS if not isinstance(data.get(name), str) or not data[name]]
     if missing:
         raise InvalidEventError(f"missing required field(s): {', '.join(missing)}")
-    known = {k: v for k, v in data.items() if k in _FIELD_NAMES}
-    known["procedure_codes"] = tuple(CodedValue(**c) for c in known.get("procedure_codes") or ())
-    unknown = {k: v for k, v in data.items() if k not in _FIELD_NAMES}
-    if unknown:
-        known["extra"] = {**known.get("extra", {}), **unknown}
+    if data.keys() <= _FIELD_NAMES:  # the usual case: one set test instead of two passes over the fields
+        known = data
+    else:
+        known = {k: v for k, v in data.items() if k in _FIELD_NAMES}
+        unknown = {k: v for k, v in data.items() if k not in _FIELD_NAMES}
+        known["extra"] = {**(known.get("extra") or {}), **unknown}
+    codes = known.get("procedure_codes")
+    known["procedure_codes"] = tuple(CodedValue(**c) for c in codes) if codes else ()
     try:
         return InstanceEvent(**known)
     except TypeError as exc:

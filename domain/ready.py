@@ -125,7 +125,8 @@ def encode_study_ready(record: StudyReady) -> bytes:
                 {
                     **dataclasses.asdict(s.info),
                     "number_of_instances": s.number_of_instances,
-                    "instances": [dataclasses.asdict(i) for i in s.instances],
+                    # orjson writes dataclasses itself, fields in order: the bytes asdict gave, ~10x faster
+                    "instances": s.instances,
                 }
                 for s in record.series
             ],

@@ -128,6 +128,7 @@ class StudyUpdate:
 
 
 _Info = TypeVar("_Info", PatientInfo, StudyInfo, SeriesInfo)
+_T = TypeVar("_T")
 
 
 def check_event_uids(event: InstanceEvent, *, study_key_uid: str | None) -> None:
@@ -220,17 +221,85 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+def _replace(obj: _T, **changes: Any) -> _T:
+    """``dataclasses.replace`` for these init-only dataclasses, without its per-call field introspection.
+
+    Called twice per instance event on the aggregator's hot path, where ``dataclasses.replace`` was a
+    tenth of the domain's CPU time.
+    """
+    values = {name: getattr(obj, name) for name in _field_names(type(obj))}
+    values.update(changes)
+    return type(obj)(**values)
+
+
 def fill_blanks(known: _Info, incoming: _Info) -> _Info:
     """``known`` with its empty fields taken from ``incoming``: the first non-empty value wins.
 
     Later instances never overwrite what an earlier one said, so a study's attributes do not flap.
     """
     updates = {
-        name: getattr(incoming, name)
+        name: value
         for name in _field_names(type(known))
-        if getattr(known, name) in _EMPTY and getattr(incoming, name) not in _EMPTY
+        if getattr(known, name) in _EMPTY and (value := getattr(incoming, name)) not in _EMPTY
     }
-    return dataclasses.replace(known, **updates) if updates else known  # type: ignore[type-var]
+    return _replace(known, **updates) if updates else known
+
+
+# Where each field of the infos built from an event comes from (as in the *_from_event functions above).
+_EVENT_SOURCES: dict[type, dict[str, str]] = {
+    PatientInfo: {
+        "id": "patient_id",
+        "issuer": "issuer_of_patient_id",
+        "name": "patient_name",
+        "birth_date": "birth_date",
+        "sex": "sex",
+    },
+    StudyInfo: {
+        "uid": "study_uid",
+        "date": "study_date",
+        "time": "study_time",
+        "timezone_offset": "timezone_offset",
+        "description": "study_description",
+        "accession_number": "accession_number",
+        "accession_issuer": "accession_issuer",
+        "referring_physician": "referring_physician",
+        "procedure_codes": "procedure_codes",
+        "institution": "institution",
+        "study_id": "study_id",
+    },
+    SeriesInfo: {
+        "uid": "series_uid",
+        "number": "series_number",
+        "modality": "modality",
+        "description": "series_description",
+        "date": "series_date",
+        "time": "series_time",
+        "body_part": "body_part_examined",
+        "laterality": "laterality",
+        "performing_physician": "performing_physician",
+        "operators_name": "operators_name",
+        "manufacturer": "manufacturer",
+        "model": "model",
+        "institution": "institution",
+    },
+}
+
+
+def fill_blanks_from_event(known: _Info, event: InstanceEvent) -> _Info:
+    """``fill_blanks(known, <info>_from_event(event))`` that reads only the event fields ``known`` lacks.
+
+    The aggregator's hot path: most events fill nothing, and building three infos per event to learn
+    that was a third of :func:`apply_instance`. Returns ``known`` itself when nothing changes.
+    """
+    updates: dict[str, Any] = {}
+    for name, attribute in _EVENT_SOURCES[type(known)].items():
+        if getattr(known, name) in _EMPTY:
+            value = getattr(event, attribute)
+            if name == "procedure_codes":
+                value = tuple(value)
+            if value not in _EMPTY:
+                updates[name] = value
+    return _replace(known, **updates) if updates else known
 
 
 def event_time_of(event: InstanceEvent, message_timestamp: float | None, fallback: float) -> float:
@@ -270,32 +339,30 @@ def apply_instance(
         return StudyUpdate(header=header)
     is_new_instance = known_instance is None
 
-    series = series_from_event(event)
     if known_series is not None:
-        merged_series = fill_blanks(known_series, series)
-        series_to_write = merged_series if merged_series != known_series else None
+        merged_series = fill_blanks_from_event(known_series, event)
+        series_to_write = merged_series if merged_series is not known_series else None
     else:
-        series_to_write = series
+        series_to_write = series_from_event(event)
 
+    received = iso_utc(at.event_time)  # one conversion per event: it is a tenth of this function
     if header is None:
         header = StudyHeader(
             study=study_from_event(event),
             patient=patient_from_event(event),
-            first_received=iso_utc(at.event_time),
+            first_received=received,
             partition=at.partition,
         )
         opened = True
+        changes: dict[str, Any] = {}
     else:
-        header = dataclasses.replace(
-            header,
-            study=fill_blanks(header.study, study_from_event(event)),
-            patient=fill_blanks(header.patient, patient_from_event(event)),
-        )
+        changes = {
+            "study": fill_blanks_from_event(header.study, event),
+            "patient": fill_blanks_from_event(header.patient, event),
+        }
         opened = header.status is not StudyStatus.RECEIVING
-        if opened:
-            # A published (or failed) revision is final: anything new opens the next one.
-            header = dataclasses.replace(
-                header,
+        if opened:  # a published (or failed) revision is final: anything new opens the next one
+            changes.update(
                 status=StudyStatus.RECEIVING,
                 revision=header.revision + 1,
                 commitment_requested=False,
@@ -303,18 +370,22 @@ def apply_instance(
             )
 
     first_received = header.first_received
-    if not first_received or iso_utc(at.event_time) < first_received:
-        first_received = iso_utc(at.event_time)
-    last_event_time = max(header.last_event_time, at.event_time)
-    header = dataclasses.replace(
+    if not first_received or received < first_received:
+        first_received = received
+    if at.event_time >= header.last_event_time:
+        last_event_time, last_received = at.event_time, received
+    else:
+        last_event_time, last_received = header.last_event_time, iso_utc(header.last_event_time)  # out of order
+    header = _replace(
         header,
         instance_count=header.instance_count + (1 if is_new_instance else 0),
         series_count=header.series_count + (1 if known_series is None else 0),
         first_received=first_received,
-        last_received=iso_utc(last_event_time),
+        last_received=last_received,
         last_event_time=last_event_time,
         last_wall_time=max(header.last_wall_time, at.wall_time),
         partition=at.partition,
+        **changes,
     )
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from domain.errors import InvalidEventError
-from domain.events import InstanceEvent
+from domain.events import InstanceEvent, decode_instance_event, encode_instance_event
 from domain.ready import build_study_ready, decode_study_ready, encode_study_ready
 from domain.study import (
     InstanceInfo,
@@ -23,9 +25,14 @@ from domain.study import (
     encode_header,
     encode_instance,
     event_time_of,
+    fill_blanks,
+    fill_blanks_from_event,
     is_ready,
     mark_published,
+    patient_from_event,
     request_commitment,
+    series_from_event,
+    study_from_event,
 )
 from tests.aggregator.conftest import SyntheticStudy, make_event
 
@@ -199,3 +206,32 @@ def test_ready_record_decoding_rejects_garbage() -> None:
         decode_study_ready(b'{"study": {}}')
     with pytest.raises(InvalidEventError):
         decode_study_ready(None)
+
+
+@pytest.mark.parametrize(
+    ("info_from_event", "blank"),
+    [
+        (patient_from_event, {"sex": "", "birth_date": ""}),
+        (study_from_event, {"description": "", "procedure_codes": ()}),
+        (series_from_event, {"number": None, "model": "", "body_part": ""}),
+    ],
+)
+def test_fill_blanks_from_event_is_fill_blanks_with_the_events_info(
+    info_from_event: Callable[[InstanceEvent], Any], blank: dict[str, object]
+) -> None:
+    """The hot-path variant reads the event directly; it must fill exactly what fill_blanks would."""
+    event = make_event("1.2.3.4", "1.2.3.4.1", 1, series_number=1)
+    complete = info_from_event(event)
+    known = dataclasses.replace(complete, **blank)
+    assert fill_blanks_from_event(known, event) == fill_blanks(known, complete) == complete
+    assert fill_blanks_from_event(complete, event) is complete  # nothing to fill: no copy
+    other = make_event("1.2.3.4", "1.2.3.4.1", 2, series_number=7, sex="M", model="Other", study_description="X")
+    assert fill_blanks_from_event(complete, other) is complete  # the first non-empty value wins
+
+
+def test_decode_instance_event_keeps_unknown_fields_in_extra() -> None:
+    event = make_event("1.2.3.4", "1.2.3.4.1", 1)
+    raw = encode_instance_event(event)
+    assert decode_instance_event(raw) == event
+    newer = raw[:-1] + b',"future_field":1}'
+    assert decode_instance_event(newer) == dataclasses.replace(event, extra={"future_field": 1})
