@@ -205,30 +205,40 @@ class StudyAggregator:
             log.info("study %s revision %d opened (partition %d)", study_uid, update.header.revision, partition)
 
     def on_commitment(self, event: Any, request: CommitmentRequest) -> None:
-        """A Storage Commitment request: the study is ready at once if it holds every instance named."""
+        """A Storage Commitment request: the study is committed (ready at once) when it holds every instance named.
+
+        Instances it names that are not in the study yet (stored by another receiving process, read later)
+        are remembered in the header; the last of them to arrive commits the study.
+        """
         study_uid, partition = request.study_uid, event.message.partition
         header = self.tables.header(study_uid, partition)
+        if header is None:
+            self.counters["commitments_incomplete"] += 1
+            log.info(
+                "study %s: storage commitment %s for a study not seen yet: ignored", study_uid, request.transaction_uid
+            )
+            return
         missing = [
             sop for sop in request.sop_instance_uids if self.tables.instance_info(study_uid, sop, partition) is None
         ]
-        if header is None or missing:
-            # Stored by another receiving process and not read yet: the quiet period decides instead.
+        committed = domain.request_commitment(header, missing)
+        if committed == header:
+            return
+        with processing(event):  # the header write goes to the event's partition
+            self.tables.put_header(committed)
+        if missing:
             self.counters["commitments_incomplete"] += 1
             log.info(
-                "study %s: storage commitment %s names %d instance(s) not seen yet; waiting for the quiet period",
-                request.study_uid,
+                "study %s: storage commitment %s names %d instance(s) not seen yet; committed when they arrive",
+                study_uid,
                 request.transaction_uid,
-                len(missing) if header is not None else len(request.sop_instance_uids),
+                len(missing),
             )
-            return
-        committed = domain.request_commitment(header)
-        if committed != header:
-            with processing(event):  # the header write goes to the event's partition
-                self.tables.put_header(committed)
+        else:
             self.counters["commitments"] += 1
             log.info(
                 "study %s revision %d: storage commitment %s for %d instance(s), ready now",
-                request.study_uid,
+                study_uid,
                 header.revision,
                 request.transaction_uid,
                 len(request.sop_instance_uids),

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024 * 1024, description="Largest Kafka message StudyStream produces or fetches (bytes)."
     )
+    topic_ready_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a process waits for topics it created to be listed with a leader for every "
+        "partition (a consumer subscribing earlier ignores the missing ones).",
+    )
 
     # --- Storage -----------------------------------------------------------------------------------
     state_dir: Path = Field(Path("state"), description="Worker state, local stack data, pid files and logs.")

@@ -15,6 +15,7 @@ revision was published opens revision + 1, which becomes ready after another qui
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -103,6 +104,7 @@ class StudyHeader:
     last_wall_time: float = 0.0  # epoch seconds: when the aggregator processed the last new instance
     partition: int = 0  # partition of imaging.raw (and of every table) holding this study
     commitment_requested: bool = False  # Storage Commitment covering the study: ready without waiting
+    commitment_waiting: tuple[str, ...] = ()  # instances a commitment request named, not seen yet
     failure: str = ""
     schema_version: int = STATE_SCHEMA_VERSION
 
@@ -366,8 +368,13 @@ def apply_instance(
                 status=StudyStatus.RECEIVING,
                 revision=header.revision + 1,
                 commitment_requested=False,
+                commitment_waiting=(),
                 failure="",
             )
+        elif header.commitment_waiting and instance.uid in header.commitment_waiting:
+            # The last instance a commitment request was waiting for makes the study committed.
+            waiting = tuple(uid for uid in header.commitment_waiting if uid != instance.uid)
+            changes.update(commitment_waiting=waiting, commitment_requested=not waiting)
 
     first_received = header.first_received
     if not first_received or received < first_received:
@@ -390,14 +397,18 @@ def apply_instance(
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 
 
-def request_commitment(header: StudyHeader) -> StudyHeader:
+def request_commitment(header: StudyHeader, missing: Sequence[str] = ()) -> StudyHeader:
     """A Storage Commitment request covering the study's open revision makes it ready at once.
 
-    The caller checks first that every instance the request names is part of the study.
+    ``missing`` are the instances it names that the study does not hold yet (stored by another receiving
+    process, read later): the study is committed when the last of them arrives (:func:`apply_instance`).
     """
     if header.status is not StudyStatus.RECEIVING:
         return header
-    return dataclasses.replace(header, commitment_requested=True)
+    if missing:
+        waiting = tuple(dict.fromkeys((*header.commitment_waiting, *missing)))
+        return dataclasses.replace(header, commitment_waiting=waiting)
+    return dataclasses.replace(header, commitment_requested=True, commitment_waiting=())
 
 
 def is_ready(header: StudyHeader, now_wall: float, now_event_time: float | None, quiet_period: float) -> bool:
@@ -449,6 +460,7 @@ def decode_header(raw: bytes) -> StudyHeader:
         data = orjson.loads(raw)
         study = data.pop("study")
         study["procedure_codes"] = _codes(study.get("procedure_codes"))
+        data["commitment_waiting"] = tuple(data.get("commitment_waiting") or ())
         return StudyHeader(
             study=StudyInfo(**study),
             patient=PatientInfo(**data.pop("patient")),

@@ -31,12 +31,34 @@ async def create_topics_async(settings: Settings, specs: Sequence[TopicSpec]) ->
         response = await admin.create_topics(
             [NewTopic(name, settings.topic_partitions, 1, topic_configs=dict(config)) for name, config in specs]
         )
+        for name, code, *rest in response.topic_errors:
+            # Another process may have created it meanwhile: that is fine.
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise ConfigurationError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
+        await _wait_until_led(admin, [name for name, _ in specs], settings.topic_ready_timeout)
     finally:
         await admin.close()
-    for name, code, *rest in response.topic_errors:
-        # Another process may have created it meanwhile: that is fine.
-        if code not in (0, TopicAlreadyExistsError.errno):
-            raise ConfigurationError(f"cannot create topic {name}: error {code} {rest[0] if rest else ''}")
+
+
+async def _wait_until_led(admin: AIOKafkaAdminClient, names: Sequence[str], timeout: float) -> None:
+    """Wait until every topic is listed and each partition has a leader.
+
+    Right after creation (seen on a broker that had just started) a Faust worker's first metadata could
+    miss them: its assignment then ignored those partitions and nothing was processed.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        listed = set(await admin.list_topics())  # a listing never auto-creates a topic
+        if listed >= set(names):
+            described = await admin.describe_topics(list(names))
+            if all(
+                t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+                for t in described
+            ):
+                return
+        if asyncio.get_running_loop().time() >= deadline:
+            raise ConfigurationError(f"topics {', '.join(names)} not ready after {timeout:.0f} s")
+        await asyncio.sleep(0.1)
 
 
 async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = None) -> list[str]:

@@ -166,7 +166,7 @@ def test_storage_commitment_covering_the_study_makes_it_ready_without_the_quiet_
     commit_all = CommitmentRequest(complete.uid, "2.25.1", tuple(e.sop_instance_uid for e in complete.events()))
     # One instance the aggregator never saw (stored by another receiving process, say): no shortcut.
     commit_more = CommitmentRequest(
-        partial.uid, "2.25.2", (*[e.sop_instance_uid for e in partial.events()], f"{partial.uid}.9.9")
+        partial.uid, "2.25.2", (*[e.sop_instance_uid for e in partial.events()], f"{partial.series_uid(0)}.9")
     )
     produce_raw(settings, [(r.key, encode_commitment_request(r)) for r in (commit_all, commit_more)])
 
@@ -175,3 +175,9 @@ def test_storage_commitment_covering_the_study_makes_it_ready_without_the_quiet_
     assert (record.revision, record.number_of_instances) == (1, 4)
     wait_for(lambda: "names 1 instance(s) not seen yet" in worker.log(), 30, what="the partial commitment logged")
     assert not ready_topic.ready_for(partial.uid)
+
+    # The instance another receiving process stored arrives: the study is committed, ready at once.
+    produce_events(settings, [make_event(partial.uid, partial.series_uid(0), 9, series_number=1)])
+    wait_for(lambda: ready_topic.ready_for(partial.uid), 60, what="the partial study once its last instance came")
+    (record,) = ready_topic.ready_for(partial.uid)
+    assert (record.revision, record.number_of_instances) == (1, 5)

@@ -152,6 +152,35 @@ def test_storage_commitment_makes_a_study_ready_at_once() -> None:
     assert is_ready(request_commitment(state.header), 1000.0, 1000.0, QUIET)
 
 
+def test_commitment_naming_unseen_instances_commits_when_the_last_one_arrives() -> None:
+    study = SyntheticStudy(1, 3)
+    first, second, third = study.events()
+    state = MemoryStudy()
+    state.apply(first)
+    assert state.header is not None
+    state.header = request_commitment(state.header, [second.sop_instance_uid, third.sop_instance_uid])
+    assert state.header.commitment_waiting == (second.sop_instance_uid, third.sop_instance_uid)
+    assert not is_ready(state.header, 1000.0, 1000.0, QUIET)
+
+    state.apply(second)
+    assert not state.header.commitment_requested and state.header.commitment_waiting == (third.sop_instance_uid,)
+    state.apply(third)
+    assert state.header.commitment_requested and state.header.commitment_waiting == ()
+    assert is_ready(state.header, 1000.0, 1000.0, QUIET)
+    assert decode_header(encode_header(state.header)) == state.header
+
+
+def test_a_new_revision_forgets_the_previous_commitment() -> None:
+    study = SyntheticStudy(1, 2)
+    first, second = study.events()
+    state = MemoryStudy()
+    state.apply(first)
+    assert state.header is not None
+    state.header = mark_published(request_commitment(state.header, ["1.2.3.999"]))
+    state.apply(second)
+    assert (state.header.revision, state.header.commitment_waiting, state.header.commitment_requested) == (2, (), False)
+
+
 def test_event_time_prefers_received_at_then_the_kafka_timestamp() -> None:
     event = make_event("1.2", "1.2.3", 1, received_at="2024-05-01T10:00:00+00:00")
     assert event_time_of(event, 5.0, fallback=7.0) == 1714557600.0
