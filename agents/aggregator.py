@@ -386,15 +386,15 @@ class StudyAggregator:
         if not owned:
             return []
         end_offsets = await consumer.highwaters(*owned)
-        unknown = [tp for tp in owned if self.processed_position(tp.partition) is None]
+        positions = {tp: self.processed_position(tp.partition) for tp in owned}
+        unknown = [tp for tp, position in positions.items() if position is None]
         # Never read and never committed: the group starts such a partition at its beginning.
-        beginnings = await consumer.earliest_offsets(*unknown) if unknown else {}
+        if unknown:
+            positions.update(await consumer.earliest_offsets(*unknown))
         now = time.monotonic()
         stalled: list[int] = []
         for tp in owned:
-            position = self.processed_position(tp.partition)
-            if position is None:
-                position = beginnings.get(tp)
+            position = positions.get(tp)
             if not self.stalls.observe(tp.partition, position, end_offsets.get(tp), now):
                 continue
             stalled.append(tp.partition)

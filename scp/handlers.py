@@ -144,8 +144,12 @@ def _store_staged(
     event: Event, deps: ReceiverDeps, staged: Path, sop_class: str, sop_instance: str, started: float
 ) -> int:
     try:
+        size = staged.stat().st_size
+    except OSError as exc:
+        return _fail(deps, "storage_error", OUT_OF_RESOURCES, sop_instance, str(exc))
+    try:
         dataset = dcmread(staged, stop_before_pixels=True, defer_size="256 KB")
-        defect = parse_defect(dataset, str(event.context.transfer_syntax), staged.stat().st_size)
+        defect = parse_defect(dataset, str(event.context.transfer_syntax), size)
         if defect:
             return _fail(deps, "unparseable", CANNOT_UNDERSTAND, sop_instance, defect)
         identity = check_identity(dataset, sop_class, sop_instance)
@@ -158,8 +162,7 @@ def _store_staged(
 
     try:
         target = deps.store.path_for(identity.study_uid, identity.series_uid, identity.sop_instance_uid)
-        size = staged.stat().st_size
-    except (StorageError, OSError) as exc:
+    except StorageError as exc:
         return _fail(deps, "storage_error", OUT_OF_RESOURCES, sop_instance, str(exc))
 
     assoc = event.assoc

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from domain.events import InstanceEvent, encode_instance_event
+from scp.storage import fsync_path
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 )
 """
+
+
+_INSERT = (
+    "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,20 +107,12 @@ class Outbox:
             if rows:
                 with self._lock:
                     self._db.execute("BEGIN")
-                    self._db.executemany(
-                        "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
+                    self._db.executemany(_INSERT, rows)
                     self._db.execute("COMMIT")
             for suffix in ("", "-wal", "-shm", "-journal"):
                 other.with_name(other.name + suffix).unlink(missing_ok=True)
             if self.fsync:
-                dir_fd = os.open(other.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                fsync_path(other.parent, directory=True)
             return len(rows)
         finally:
             other.with_name(other.name + ".lock").unlink(missing_ok=True)
@@ -129,9 +127,7 @@ class Outbox:
         value = encode_instance_event(event)
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (event.study_uid, event.sop_instance_uid, event.stored_path, event.sha256, value, time.time()),
+                _INSERT, (event.study_uid, event.sop_instance_uid, event.stored_path, event.sha256, value, time.time())
             )
             row_id = int(cursor.lastrowid or 0)
             self._in_flight.add(row_id)
@@ -140,11 +136,7 @@ class Outbox:
     def add_record(self, study_uid: str, value: bytes) -> int:
         """Commit a record that is no instance (no file): published after the study's earlier events."""
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) "
-                "VALUES (?, '', '', '', ?, ?)",
-                (study_uid, value, time.time()),
-            )
+            cursor = self._db.execute(_INSERT, (study_uid, "", "", "", value, time.time()))
             row_id = int(cursor.lastrowid or 0)
         for listener in self._listeners:
             listener()

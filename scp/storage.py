@@ -52,7 +52,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
+def fsync_path(path: Path, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -103,7 +103,7 @@ class InstanceStore:
         """Begin flushing a staged file's data in the background; pass the result to :meth:`commit`."""
         if not self.fsync:
             return None
-        return self._sync_pool.submit(_fsync_path, staged)
+        return self._sync_pool.submit(fsync_path, staged)
 
     def close(self) -> None:
         self._sync_pool.shutdown(wait=True)
@@ -133,7 +133,7 @@ class InstanceStore:
 
     def _place(self, staged: Path, target: Path, *, data_synced: bool = False) -> None:
         if self.fsync and not data_synced:
-            _fsync_path(staged)
+            fsync_path(staged)
         self._make_dirs(target.parent)
         try:
             os.replace(staged, target)
@@ -144,11 +144,11 @@ class InstanceStore:
             local = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
             shutil.copyfile(staged, local)
             if self.fsync:
-                _fsync_path(local)
+                fsync_path(local)
             os.replace(local, target)
             staged.unlink(missing_ok=True)
         if self.fsync:
-            _fsync_path(target.parent, directory=True)
+            fsync_path(target.parent, directory=True)
 
     def _make_dirs(self, directory: Path) -> None:
         if directory.is_dir():
@@ -162,4 +162,4 @@ class InstanceStore:
         if self.fsync:
             # Each new directory's entry lives in its parent: fsync the parents, deepest first.
             for created in missing:
-                _fsync_path(created.parent, directory=True)
+                fsync_path(created.parent, directory=True)

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -106,6 +106,26 @@ def pipeline_settings(kafka: Settings, kind: str, tmp: Path, **overrides: object
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+async def create_test_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
+    """Create a test's own topics (``settings.topics`` by default), which must not exist yet.
+
+    No metadata lookup first: it would make a broker with auto.create.topics.enable create them with
+    its default partition count; the worker's own ensure_topics call then finds them already right.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(settings.max_message_bytes)}
+        response = await admin.create_topics(
+            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in names or settings.topics]
+        )
+        assert all(code == 0 for _, code, *_ in response.topic_errors), response
+    finally:
+        await admin.close()
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

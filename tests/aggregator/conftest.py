@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.settings import Settings
 from domain.events import CodedValue, InstanceEvent, encode_instance_event
 from domain.ready import StudyReady, decode_study_ready
-from tests.conftest import ROOT, free_port, pipeline_settings, unique_uid, wait_for, worker_env
+from tests.conftest import ROOT, create_test_topics, free_port, pipeline_settings, unique_uid, wait_for, worker_env
 
 STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -222,27 +221,8 @@ class Worker:
 def aggregator_settings(kafka: Settings, tmp_path: Path) -> Settings:
     """Settings of an isolated pipeline: unique app id, topics and state directory; 1 s quiet period."""
     settings = pipeline_settings(kafka, "agg", tmp_path, quiet_period=1.0)
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_test_topics(settings))
     return settings
-
-
-async def create_topics(settings: Settings) -> None:
-    """Create the test's topics without a metadata lookup first.
-
-    infra.topics.ensure_topics asks for metadata of missing topics, which makes a broker with
-    auto.create.topics.enable create them with 1 partition; the worker's own ensure_topics call then
-    finds them already right.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        config = {"max.message.bytes": str(settings.max_message_bytes)}
-        response = await admin.create_topics(
-            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in settings.topics]
-        )
-        assert all(code == 0 for _, code, *_ in response.topic_errors), response
-    finally:
-        await admin.close()
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from domain.events import InstanceEvent, decode_raw_record
 from domain.fhir_mapping import bundle_file_name
 from domain.fhir_values import issuer_system
 from tests.aggregator.conftest import TopicCollector, Worker
-from tests.conftest import ROOT, pipeline_settings, worker_env
+from tests.conftest import ROOT, create_test_topics, pipeline_settings, worker_env
 from tests.scp.conftest import DCMTK_ENV, STORESCU, Receiver
-from tests.uploader.conftest import Pipeline, SwitchableProxy, _create_topics
+from tests.uploader.conftest import Pipeline, SwitchableProxy
 
 QUIET_PERIOD = 1.0
 PUBLISH_TIMEOUT = 180.0  # a 500-instance bundle on a cold HAPI, on a loaded 2-core machine
@@ -344,7 +344,7 @@ def start_e2e(kafka: Settings, fhir: Settings, tmp: Path, workers: int = 2, **ov
     fhir_base_url = overrides.pop("fhir_base_url", f"http://127.0.0.1:{proxy.port}{hapi.path}")
     settings = e2e_settings(kafka, fhir_base_url, tmp, **overrides)
     names = [settings.topic_raw, settings.topic_ready, settings.topic_dlq, settings.topic_retry]
-    asyncio.run(_create_topics(settings, names))
+    asyncio.run(create_test_topics(settings, names))
     env = worker_env(settings)
     started = [Worker(env, tmp / "logs", f"worker{i + 1}").start() for i in range(workers)]
     receiver = Receiver(root=tmp / "receiver", topic=settings.topic_raw, broker_url=settings.broker_url)

@@ -24,8 +24,8 @@ from aiokafka.structs import RecordMetadata
 from app.settings import Settings
 from domain.events import InstanceEvent, encode_instance_event
 from domain.replay import group_id_for
-from tests.aggregator.conftest import STUDYSTREAM, SyntheticStudy, TopicCollector, Worker, create_topics
-from tests.conftest import ROOT, pipeline_settings, wait_for, worker_env
+from tests.aggregator.conftest import STUDYSTREAM, SyntheticStudy, TopicCollector, Worker
+from tests.conftest import ROOT, create_test_topics, pipeline_settings, wait_for, worker_env
 
 UPLOAD_TIMEOUT = 60.0
 
@@ -123,7 +123,7 @@ def pipeline(kafka: Settings, fhir: Settings, tmp_path: Path) -> Iterator[Replay
     settings = pipeline_settings(
         kafka, "replay", tmp_path, fhir_base_url=fhir.fhir_base_url, topic_partitions=4, quiet_period=1.0
     )
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_test_topics(settings))
     worker = Worker(worker_env(settings), tmp_path, "worker")
     ready = TopicCollector(settings, settings.topic_ready)
     try:

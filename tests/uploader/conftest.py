@@ -12,12 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.settings import Settings
 from domain.ready import StudyReady, encode_study_ready
 from tests.aggregator.conftest import TopicCollector, Worker, _produce
-from tests.conftest import pipeline_settings, wait_for, worker_env
+from tests.conftest import create_test_topics, pipeline_settings, wait_for, worker_env
 
 UPLOAD_TIMEOUT = 60.0
 
@@ -137,19 +136,6 @@ class Pipeline:
         return [i for i in response.json()["issue"] if i["severity"] in ("error", "fatal")]
 
 
-async def _create_topics(settings: Settings, names: Sequence[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        config = {"max.message.bytes": str(settings.max_message_bytes)}
-        response = await admin.create_topics(
-            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in names]
-        )
-        assert all(code == 0 for _, code, *_ in response.topic_errors), response
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
 def pipeline(kafka: Settings, fhir: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """One worker (aggregator idle, uploader live) on unique topics, its FHIR base behind a switchable proxy."""
@@ -169,7 +155,9 @@ def pipeline(kafka: Settings, fhir: Settings, tmp_path_factory: pytest.TempPathF
         uploader_max_attempts=60,
     )
     asyncio.run(
-        _create_topics(settings, [settings.topic_raw, settings.topic_ready, settings.topic_dlq, settings.topic_retry])
+        create_test_topics(
+            settings, [settings.topic_raw, settings.topic_ready, settings.topic_dlq, settings.topic_retry]
+        )
     )
     worker = Worker(worker_env(settings), tmp, "uploader-worker").start()
     dlq = TopicCollector(settings, settings.topic_dlq)

@@ -18,8 +18,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app.settings import Settings
 from domain.events import InstanceEvent
-from tests.aggregator.conftest import Worker, create_topics, make_event, produce_events
-from tests.conftest import ROOT, pipeline_settings, unique_uid, wait_for, worker_env
+from tests.aggregator.conftest import Worker, make_event, produce_events
+from tests.conftest import ROOT, create_test_topics, pipeline_settings, unique_uid, wait_for, worker_env
 
 ARTIFACTS = ROOT / "tests" / "artifacts" / "web"
 QUIET_PERIOD = 1.0
@@ -75,7 +75,7 @@ class WebCluster:
 def isolated_settings(kafka: Settings, tmp_path: Path) -> Settings:
     """Settings of a pipeline nobody else uses: unique app id, topics, state and bundles directories."""
     settings = pipeline_settings(kafka, "web", tmp_path, quiet_period=QUIET_PERIOD)
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_test_topics(settings))
     return settings
 
 
