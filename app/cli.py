@@ -138,6 +138,7 @@ def _register_optional(module: str, names: tuple[str, ...]) -> None:
 _register_optional("scp.cli", ("receive",))
 _register_optional("scu.cli", ("send", "send_file", "echo", "synth"))
 _register_optional("app.replay_cli", ("replay",))
+_register_optional("app.redrive", ("redrive",))
 
 
 def main() -> None:

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     bundles_dir: Path = Field(
         Path("bundles"), description="Where every FHIR transaction Bundle is saved before it is posted."
     )
+    bundles_retention_days: float = Field(
+        30.0, ge=0, description="Days a saved Bundle is kept before the worker deletes it; 0 keeps them forever."
+    )
+    bundles_retention_check_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two sweeps of `bundles_dir` for Bundles past their retention."
+    )
 
     # --- Study completeness ------------------------------------------------------------------------
     quiet_period: float = Field(30.0, gt=0, description="Seconds without a new instance after which a study is ready.")
@@ -107,6 +113,20 @@ class Settings(BaseSettings):
     aggregator_rocksdb_block_cache_bytes: int = Field(
         16 * 1024 * 1024, ge=1024 * 1024, description="RocksDB block cache per table partition (bytes)."
     )
+    aggregator_fault_point: Literal[
+        "", "after_changelog_send", "after_changelog_ack", "after_ready_ack", "infrastructure_error"
+    ] = Field(
+        "",
+        description="Testing: the worker exits (os._exit) at this point of a table write or a ready record's "
+        "publication, or (`infrastructure_error`) fails as if the broker were gone on a record of "
+        "`aggregator_fault_study`; empty = off.",
+    )
+    aggregator_fault_study: str = Field(
+        "", description="Testing: the study whose records raise the `infrastructure_error` fault."
+    )
+    aggregator_fault_after_writes: int = Field(
+        1, ge=1, description="Testing: the table write (counted from the worker's start) at which the fault fires."
+    )
 
     # --- FHIR --------------------------------------------------------------------------------------
     fhir_base_url: str = Field("http://localhost:8080/fhir", description="FHIR R4 server base URL.")
@@ -153,8 +173,17 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds one upload (inline retries included) may hold its partition before it is parked.",
     )
-    uploader_max_attempts: int = Field(
-        12, ge=1, description="Attempts of one study revision in all (parked ones too) before it is dead-lettered."
+    uploader_conflict_attempts: int = Field(
+        12,
+        ge=1,
+        description="Attempts of one study revision answered 409/412 (a concurrent write) before it is "
+        "dead-lettered; transient failures (server down, 5xx, 429, 401/403) are retried without limit.",
+    )
+    uploader_conflict_delay_max: float = Field(
+        0.25, ge=0, description="Longest wait (seconds) before retrying an upload that lost a race (409/412)."
+    )
+    uploader_outage_report_interval: float = Field(
+        60.0, gt=0, description="Seconds between the worker's log lines about uploads parked by a FHIR outage."
     )
     uploader_backoff_initial: float = Field(0.5, gt=0, description="Seconds before the first retry of an upload.")
     uploader_backoff_max: float = Field(60.0, gt=0, description="Longest wait (seconds) between two upload attempts.")

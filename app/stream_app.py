@@ -1,18 +1,30 @@
-"""The Faust application and every topic it reads or writes, each declared once.
+"""The Faust application of a worker, built from the settings: app, topics, tables, agents and web view.
 
-``faust -A app.stream_app:app worker`` and ``studystream worker`` both use :data:`app`. Values on
-StudyStream's topics are raw bytes decoded by domain functions, so one malformed message is
-dead-lettered instead of crashing the agent.
+:func:`build_worker` constructs everything with its collaborators injected and registers the agents,
+timers and pages on the app; importing this module touches no network. ``studystream worker`` calls
+it; ``faust -A app.stream_app:app worker`` also works (the module builds the app on first access of
+``app``, reading the state generation from Kafka then).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
+from agents import aggregator as aggregator_agent
+from agents import uploader as uploader_agent
+from agents.policy import DeadLetterWriter, MessagePolicy
 from app.settings import Settings, get_settings
-from infra.control import read_control
+from infra.control import ControlState
+from tables.outcomes import UploadOutcomes
+from tables.store import TableStore
+from tables.studies import StudyTables
+from web import views
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +34,41 @@ class Topics:
     dlq: faust.TopicT
 
 
+@dataclass(frozen=True, slots=True)
+class UploaderChannels:
+    """The uploader's topics: ``retry`` (parked revisions, public), ``due`` (internal), ``input`` (ready + due).
+
+    A parked revision waits in ``retry`` until its due time, then moves to ``due``; the uploader agent
+    reads ``imaging.study.ready`` and ``due`` through one channel, so it alone writes the outcomes
+    table. All are co-partitioned with ``imaging.study.ready`` (same partitions, key = study UID).
+    """
+
+    retry: faust.TopicT
+    due: faust.TopicT
+    input: faust.TopicT
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """Everything one worker process runs, built by :func:`build_worker`."""
+
+    settings: Settings
+    control: ControlState
+    app: faust.App
+    topics: Topics
+    policy: MessagePolicy
+    tables: StudyTables
+    outcomes: UploadOutcomes
+    aggregator: aggregator_agent.StudyAggregator
+    uploader: uploader_agent.StudyUploader
+    web: views.StudyWeb
+
+
 def create_app(settings: Settings, generation: int = 1) -> faust.App:
     """A Faust app configured entirely from ``settings``.
 
-    ``generation`` (replay, issue 7) is the Faust app version: with N > 1 the consumer group, every
-    changelog and the local stores are ``<app id>-vN``-prefixed / under ``<datadir>/vN``, i.e. fresh state.
+    ``generation`` (replay) is the Faust app version: with N > 1 the consumer group, every changelog
+    and the local stores are ``<app id>-vN``-prefixed / under ``<datadir>/vN``, i.e. fresh state.
     """
     return faust.App(
         settings.app_id,
@@ -55,20 +97,26 @@ def create_app(settings: Settings, generation: int = 1) -> faust.App:
     )
 
 
-def declare_topics(app: faust.App, settings: Settings) -> Topics:
-    def topic(name: str) -> faust.TopicT:
-        return app.topic(
-            name,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
-        )
+def _topic(app: faust.App, settings: Settings, *names: str, internal: bool = False) -> faust.TopicT:
+    return app.topic(
+        *names, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions, internal=internal
+    )
 
-    return Topics(raw=topic(settings.topic_raw), ready=topic(settings.topic_ready), dlq=topic(settings.topic_dlq))
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    return Topics(
+        raw=_topic(app, settings, settings.topic_raw),
+        ready=_topic(app, settings, settings.topic_ready),
+        dlq=_topic(app, settings, settings.topic_dlq),
+    )
 
 
 def study_check_topic_name(settings: Settings) -> str:
     return f"{settings.app_id}-study-check"
+
+
+def upload_due_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-upload-due"
 
 
 def declare_aggregator_channels(app: faust.App, settings: Settings) -> tuple[faust.TopicT, faust.TopicT]:
@@ -79,63 +127,74 @@ def declare_aggregator_channels(app: faust.App, settings: Settings) -> tuple[fau
     handles every message of a study in order. Internal: Faust creates the check topic itself.
     """
     check = study_check_topic_name(settings)
-
-    def channel(*names: str) -> faust.TopicT:
-        return app.topic(
-            *names, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions, internal=True
-        )
-
-    return channel(check), channel(settings.topic_raw, check)
-
-
-def upload_due_topic_name(settings: Settings) -> str:
-    return f"{settings.app_id}-upload-due"
-
-
-@dataclass(frozen=True, slots=True)
-class UploaderChannels:
-    """The uploader's topics: ``retry`` (parked revisions, public), ``due`` (internal), ``input`` (ready + due).
-
-    A parked revision waits in ``retry`` until its due time, then moves to ``due``; the uploader agent
-    reads ``imaging.study.ready`` and ``due`` through one channel, so it alone writes the outcomes
-    table. All are co-partitioned with ``imaging.study.ready`` (same partitions, key = study UID).
-    """
-
-    retry: faust.TopicT
-    due: faust.TopicT
-    input: faust.TopicT
-
-
-def declare_uploader_channels(app: faust.App, settings: Settings) -> UploaderChannels:
-    def channel(*names: str, internal: bool) -> faust.TopicT:
-        return app.topic(
-            *names,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
-            internal=internal,
-        )
-
-    due = upload_due_topic_name(settings)
-    return UploaderChannels(
-        retry=channel(settings.topic_retry, internal=False),
-        due=channel(due, internal=True),
-        input=channel(settings.topic_ready, due, internal=True),
+    return (
+        _topic(app, settings, check, internal=True),
+        _topic(app, settings, settings.topic_raw, check, internal=True),
     )
 
 
-settings = get_settings()
-# Replay (issue 7): every worker starts with the state generation recorded in the control topic, which
-# `studystream replay --reset-state` bumps, and the ready-replay fence the uploader honours (infra.control);
-# read here so `faust -A app.stream_app:app` gets them too.
-control = read_control(settings)
-app = create_app(settings, generation=control.generation)
-topics = declare_topics(app, settings)
-study_check, aggregator_input = declare_aggregator_channels(app, settings)
-uploader_channels = declare_uploader_channels(app, settings)
+def declare_uploader_channels(app: faust.App, settings: Settings) -> UploaderChannels:
+    due = upload_due_topic_name(settings)
+    return UploaderChannels(
+        retry=_topic(app, settings, settings.topic_retry),
+        due=_topic(app, settings, due, internal=True),
+        input=_topic(app, settings, settings.topic_ready, due, internal=True),
+    )
 
 
-def load_agents() -> None:
-    """Import the modules that register agents, tables and pages on :data:`app`."""
-    import agents  # noqa: F401
-    import web.views  # noqa: F401
+def build_worker(settings: Settings, control: ControlState) -> Worker:
+    """The app and everything on it; agents, timers and pages registered. No network until it runs."""
+    app = create_app(settings, generation=control.generation)
+    topics = declare_topics(app, settings)
+    check, aggregator_input = declare_aggregator_channels(app, settings)
+    channels = declare_uploader_channels(app, settings)
+    store = TableStore(app, settings.aggregator_fault_point, settings.aggregator_fault_after_writes)
+    dead_letters: Counter[tuple[str, str]] = Counter()
+    policy = MessagePolicy(app, DeadLetterWriter(topics.dlq, dead_letters), time.time)
+    tables = StudyTables(app, settings, store)
+    outcomes = UploadOutcomes(app, settings, store)
+    aggregator = aggregator_agent.StudyAggregator(
+        app, settings, tables, topics.ready, check, policy, generation=control.generation
+    )
+    uploader = uploader_agent.StudyUploader(app, settings, outcomes, channels.retry, channels.due, policy, control)
+    web = views.StudyWeb(app, settings, tables, outcomes, aggregator.counters, dead_letters, policy, uploader)
+    aggregator_agent.register(app, aggregator, aggregator_input, study_check_topic_name(settings))
+    uploader_agent.register(app, uploader, channels.input, channels.retry, upload_due_topic_name(settings))
+    views.register(app, web)
+    register_quiet_logging(app)
+    return Worker(settings, control, app, topics, policy, tables, outcomes, aggregator, uploader, web)
+
+
+def register_quiet_logging(app: faust.App) -> None:
+    @app.task
+    async def drop_debug_logging() -> None:
+        """Undo the DEBUG root level Faust's worker sets for its start-up spinner at ``-l warn`` or above.
+
+        With it, every aiokafka debug record (several per message produced or fetched) is built and then
+        dropped by the console handler: a tenth of the worker's CPU in the benchmark.
+        """
+        root = logging.getLogger()
+        console_levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]
+        if console_levels and root.level < min(console_levels):
+            root.setLevel(min(console_levels))
+
+
+_built: Worker | None = None
+
+
+def default_worker() -> Worker:
+    """The worker of the process-wide settings, with the state generation read from Kafka (built once)."""
+    global _built
+    if _built is None:
+        from infra.control import read_control
+
+        settings = get_settings()
+        _built = build_worker(settings, read_control(settings))
+    return _built
+
+
+def __getattr__(name: str) -> Any:
+    # `faust -A app.stream_app:app`: the app is built when Faust asks for it, not when the module is imported.
+    if name == "app":
+        return default_worker().app
+    raise AttributeError(name)

@@ -25,7 +25,7 @@ def worker_datadir(settings: Settings, args: list[str]) -> Path:
 
 def run_worker(settings: Settings, args: list[str], datadir: Path | None = None) -> None:
     if any(arg in ("-h", "--help") for arg in args):
-        # Faust's worker options, without the app (building it reads the control topic: Kafka must be up).
+        # Faust's worker options, without the app (starting it needs Kafka).
         import click
         from faust.cli.faust import cli as faust_cli
 
@@ -34,7 +34,9 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None)
         return
     from aiokafka.errors import KafkaError
 
+    from app.stream_app import build_worker
     from domain.errors import ConfigurationError
+    from infra.control import read_control
     from infra.topics import ensure_topics
 
     try:
@@ -43,10 +45,8 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None)
         raise ConfigurationError(
             f"cannot reach Kafka at {settings.broker_url} ({exc}); `studystream stack up` starts the local one"
         ) from exc
-    from app import stream_app
-
-    stream_app.load_agents()
+    worker = build_worker(settings, read_control(settings))
     datadir = datadir or worker_datadir(settings, args)
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     sys.argv = ["studystream", "--datadir", str(datadir), "worker", *args]
-    stream_app.app.main()
+    worker.app.main()

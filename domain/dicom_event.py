@@ -8,7 +8,6 @@ to a DICOM status and counts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +18,8 @@ from pydicom.valuerep import PersonName
 
 from domain.errors import StudyStreamError
 from domain.events import CodedValue, InstanceEvent
+from domain.uids import is_valid_uid
 
-# A DICOM UID: digit groups separated by single dots, at most 64 characters (PS3.5 9.1). Anything else
-# is refused: UIDs become directory and file names.
-_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
-_UID_MAX_LENGTH = 64
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # pydicom raises these on values it cannot convert (a malformed IS, an undecodable string ...)
@@ -61,10 +57,6 @@ class InstanceIdentity:
     series_uid: str
     sop_instance_uid: str
     sop_class_uid: str
-
-
-def is_valid_uid(value: str) -> bool:
-    return len(value) <= _UID_MAX_LENGTH and _UID_PATTERN.fullmatch(value) is not None
 
 
 def parse_defect(ds: Dataset, transfer_syntax_uid: str, encoded_size: int | None = None) -> str | None:

@@ -1,88 +1,106 @@
-"""The records published to ``imaging.raw`` and their wire format.
+"""The records published to ``imaging.raw``, their wire format and their one typed decoder.
 
 Two kinds, both JSON objects (UTF-8) keyed by the StudyInstanceUID: one :class:`InstanceEvent` per
 stored instance, and a :class:`CommitmentRequest` when a sender asked for Storage Commitment of
 instances of the study (``"record_type": "storage_commitment"``; instance events carry no record type).
-Readers decode with :func:`decode_raw_record` (or :func:`decode_instance_event`), which turn every
-malformed message into :class:`InvalidEventError` so the caller can dead-letter it instead of crashing.
+
+:func:`decode_raw_record` is the trust boundary: it checks the type and range of every field (msgspec,
+strict: no coercion of ``"12"`` into 12), so a record that decodes cannot raise further down. Every
+defect becomes :class:`~domain.errors.InvalidRecordError` with a reason name; unknown fields are
+ignored (a newer receiver may add some).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated
 
-import orjson
+import msgspec
+from msgspec import Meta
 
-from domain.errors import InvalidEventError
+from domain.errors import InvalidRecordError
+from domain.uids import UID_MAX_LENGTH, UID_PATTERN
 
-EVENT_SCHEMA_VERSION = 1
-REQUIRED_FIELDS = ("study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
+EVENT_SCHEMA_VERSION = 2
+COMMITMENT_RECORD_TYPE = "storage_commitment"
+
+# Bounds of the decoder. The receiver clips every text attribute to its VR's length (UT and unknown
+# VRs to a setting below this), so a record beyond them was not written by StudyStream.
+TEXT_MAX_CHARS = 65_536
+CODES_MAX_ITEMS = 256
+COMMITMENT_MAX_UIDS = 100_000
+
+Uid = Annotated[str, Meta(pattern=UID_PATTERN, max_length=UID_MAX_LENGTH)]
+Text = Annotated[str, Meta(max_length=TEXT_MAX_CHARS)]
+ShortText = Annotated[str, Meta(max_length=256)]
+IntegerString = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]  # DICOM IS: a signed 32-bit integer
+ByteCount = Annotated[int, Meta(ge=0, le=2**62)]
+Sha256 = Annotated[str, Meta(pattern=r"\A([0-9a-f]{64})?\Z")]
+SchemaVersion = Annotated[int, Meta(ge=1, le=1000)]
 
 
-@dataclass(frozen=True, slots=True)
-class CodedValue:
+class CodedValue(msgspec.Struct, frozen=True, gc=False):
     """A DICOM code sequence item (code value, coding scheme designator, code meaning)."""
 
-    code: str
-    scheme: str = ""
-    meaning: str = ""
+    code: Text
+    scheme: ShortText = ""
+    meaning: Text = ""
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceEvent:
+Codes = Annotated[tuple[CodedValue, ...], Meta(max_length=CODES_MAX_ITEMS)]
+
+
+class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
     """Everything StudyStream needs to know about one received instance (no pixel data)."""
 
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str = ""
-    instance_number: int | None = None
-    series_number: int | None = None
-    modality: str = ""
+    study_uid: Uid
+    series_uid: Uid
+    sop_instance_uid: Uid
+    sop_class_uid: Uid
+    transfer_syntax_uid: Annotated[str, Meta(max_length=UID_MAX_LENGTH)] = ""
+    instance_number: IntegerString | None = None
+    series_number: IntegerString | None = None
+    modality: ShortText = ""
     # Study level
-    study_date: str = ""  # DICOM DA, YYYYMMDD
-    study_time: str = ""  # DICOM TM
-    timezone_offset: str = ""  # TimezoneOffsetFromUTC, +HHMM / -HHMM
-    study_id: str = ""
-    study_description: str = ""
-    accession_number: str = ""
-    accession_issuer: str = ""
-    referring_physician: str = ""
-    procedure_codes: tuple[CodedValue, ...] = ()
-    institution: str = ""
+    study_date: ShortText = ""  # DICOM DA, YYYYMMDD
+    study_time: ShortText = ""  # DICOM TM
+    timezone_offset: ShortText = ""  # TimezoneOffsetFromUTC, +HHMM / -HHMM
+    study_id: Text = ""
+    study_description: Text = ""
+    accession_number: Text = ""
+    accession_issuer: Text = ""
+    referring_physician: Text = ""
+    procedure_codes: Codes = ()
+    institution: Text = ""
     # Patient level (PHI: never logged)
-    patient_id: str = ""
-    issuer_of_patient_id: str = ""
-    patient_name: str = ""  # decoded to Unicode, all component groups joined by '='
-    birth_date: str = ""
-    sex: str = ""
+    patient_id: Text = ""
+    issuer_of_patient_id: Text = ""
+    patient_name: Text = ""  # decoded to Unicode, all component groups joined by '='
+    birth_date: ShortText = ""
+    sex: ShortText = ""
     # Series level
-    series_description: str = ""
-    series_date: str = ""
-    series_time: str = ""
-    body_part_examined: str = ""
-    laterality: str = ""
-    performing_physician: str = ""
-    operators_name: str = ""
-    manufacturer: str = ""
-    model: str = ""
+    series_description: Text = ""
+    series_date: ShortText = ""
+    series_time: ShortText = ""
+    body_part_examined: Text = ""
+    laterality: ShortText = ""
+    performing_physician: Text = ""
+    operators_name: Text = ""
+    manufacturer: Text = ""
+    model: Text = ""
     # Instance level
-    instance_title: str = ""
+    instance_title: Text = ""
     # Reception
-    calling_ae: str = ""
-    called_ae: str = ""
-    peer_address: str = ""
-    received_at: str = ""  # ISO 8601 UTC
-    stored_path: str = ""
-    size: int = 0
-    sha256: str = ""
+    calling_ae: ShortText = ""
+    called_ae: ShortText = ""
+    peer_address: ShortText = ""
+    received_at: ShortText = ""  # ISO 8601 UTC
+    stored_path: Text = ""
+    size: ByteCount = 0
+    sha256: Sha256 = ""
     duplicate: bool = False  # same SOP Instance UID and identical bytes as an earlier instance
     replaced: bool = False  # same SOP Instance UID, different bytes: the stored file was replaced
-    schema_version: int = EVENT_SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    clipped: Annotated[tuple[ShortText, ...], Meta(max_length=CODES_MAX_ITEMS)] = ()  # attributes cut to their VR
+    schema_version: SchemaVersion = EVENT_SCHEMA_VERSION
 
     @property
     def key(self) -> bytes:
@@ -90,26 +108,14 @@ class InstanceEvent:
         return self.study_uid.encode("ascii")
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(InstanceEvent))
-
-
-def encode_instance_event(event: InstanceEvent) -> bytes:
-    """The JSON bytes published to ``imaging.raw``."""
-    return orjson.dumps(dataclasses.asdict(event))
-
-
-COMMITMENT_RECORD_TYPE = "storage_commitment"
-
-
-@dataclass(frozen=True, slots=True)
-class CommitmentRequest:
+class CommitmentRequest(msgspec.Struct, frozen=True, gc=False):
     """A Storage Commitment request's instances of one study, all stored: the study is complete now."""
 
-    study_uid: str
-    transaction_uid: str
-    sop_instance_uids: tuple[str, ...]
-    calling_ae: str = ""
-    received_at: str = ""  # ISO 8601 UTC
+    study_uid: Uid
+    transaction_uid: Uid
+    sop_instance_uids: Annotated[tuple[Uid, ...], Meta(min_length=1, max_length=COMMITMENT_MAX_UIDS)]
+    calling_ae: ShortText = ""
+    received_at: ShortText = ""  # ISO 8601 UTC
     record_type: str = COMMITMENT_RECORD_TYPE
 
     @property
@@ -117,63 +123,64 @@ class CommitmentRequest:
         return self.study_uid.encode("ascii")
 
 
+RawRecord = InstanceEvent | CommitmentRequest
+
+_encoder = msgspec.json.Encoder()
+_instance_decoder = msgspec.json.Decoder(InstanceEvent)
+_commitment_decoder = msgspec.json.Decoder(CommitmentRequest)
+
+
+class _Kind(msgspec.Struct, gc=False):
+    record_type: str | None = None
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+
+def encode_instance_event(event: InstanceEvent) -> bytes:
+    """The JSON bytes published to ``imaging.raw``."""
+    return _encoder.encode(event)
+
+
 def encode_commitment_request(request: CommitmentRequest) -> bytes:
-    return orjson.dumps(dataclasses.asdict(request))
+    return _encoder.encode(request)
 
 
-def _parse_object(raw: bytes | str | None) -> dict[str, Any]:
-    if raw is None:
-        raise InvalidEventError("empty message")
+def invalid_record(exc: msgspec.MsgspecError, kind: str) -> InvalidRecordError:
+    """msgspec's error as ours: the path of the bad field, never its value."""
+    if isinstance(exc, msgspec.ValidationError):
+        return InvalidRecordError(f"{kind}: {exc}", reason="invalid_field")
+    return InvalidRecordError(f"{kind}: not JSON ({exc})", reason="not_json")
+
+
+def _as_bytes(raw: bytes | str | None) -> bytes:
+    if raw is None or raw == b"":
+        raise InvalidRecordError("empty message", reason="empty")
+    return raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+
+
+def decode_raw_record(raw: bytes | str | None) -> RawRecord:
+    """Parse and validate one ``imaging.raw`` value of either kind; raise :class:`InvalidRecordError` on any defect."""
+    data = _as_bytes(raw)
+    if b'"record_type"' not in data:  # the common case: an instance event, one pass
+        return decode_instance_event(data)
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEventError(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidEventError(f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def decode_raw_record(raw: bytes | str | None) -> InstanceEvent | CommitmentRequest:
-    """Parse and validate one ``imaging.raw`` value of either kind; raise :class:`InvalidEventError` on any defect."""
-    data = _parse_object(raw)
-    record_type = data.get("record_type")
-    if record_type is None:
-        return _instance_event_from(data)
-    if record_type != COMMITMENT_RECORD_TYPE:
-        raise InvalidEventError(f"unknown record_type {str(record_type)[:40]!r}")
-    uids = data.get("sop_instance_uids")
-    if not isinstance(uids, list) or not uids or not all(isinstance(uid, str) and uid for uid in uids):
-        raise InvalidEventError("storage_commitment without sop_instance_uids")
-    for name in ("study_uid", "transaction_uid"):
-        if not isinstance(data.get(name), str) or not data[name]:
-            raise InvalidEventError(f"storage_commitment without {name}")
-    return CommitmentRequest(
-        study_uid=data["study_uid"],
-        transaction_uid=data["transaction_uid"],
-        sop_instance_uids=tuple(uids),
-        calling_ae=str(data.get("calling_ae") or ""),
-        received_at=str(data.get("received_at") or ""),
-    )
+        kind = _kind_decoder.decode(data).record_type
+    except msgspec.MsgspecError as exc:
+        raise invalid_record(exc, "imaging.raw record") from None
+    if kind is None:
+        return decode_instance_event(data)
+    if kind != COMMITMENT_RECORD_TYPE:
+        raise InvalidRecordError("unknown record_type", reason="unknown_record_type")
+    try:
+        return _commitment_decoder.decode(data)
+    except msgspec.MsgspecError as exc:
+        raise invalid_record(exc, "storage_commitment") from None
 
 
 def decode_instance_event(raw: bytes | str | None) -> InstanceEvent:
-    """Parse and validate one instance event; raise :class:`InvalidEventError` on any defect."""
-    return _instance_event_from(_parse_object(raw))
-
-
-def _instance_event_from(data: dict[str, Any]) -> InstanceEvent:
-    missing = [name for name in REQUIRED_FIELDS if not isinstance(data.get(name), str) or not data[name]]
-    if missing:
-        raise InvalidEventError(f"missing required field(s): {', '.join(missing)}")
-    if data.keys() <= _FIELD_NAMES:  # the usual case: one set test instead of two passes over the fields
-        known = data
-    else:
-        known = {k: v for k, v in data.items() if k in _FIELD_NAMES}
-        unknown = {k: v for k, v in data.items() if k not in _FIELD_NAMES}
-        known["extra"] = {**(known.get("extra") or {}), **unknown}
-    codes = known.get("procedure_codes")
-    known["procedure_codes"] = tuple(CodedValue(**c) for c in codes) if codes else ()
+    """Parse and validate one instance event; raise :class:`InvalidRecordError` on any defect."""
     try:
-        return InstanceEvent(**known)
-    except TypeError as exc:
-        raise InvalidEventError(f"bad field: {exc}") from None
+        return _instance_decoder.decode(_as_bytes(raw))
+    except msgspec.MsgspecError as exc:
+        raise invalid_record(exc, "instance event") from None

@@ -80,16 +80,21 @@ MAPPING_VERSION_TAG_SYSTEM = "urn:studystream:mapping-version"
 
 @dataclass(frozen=True, slots=True)
 class StoredStudy:
-    """The ImagingStudy the server holds for a study UID: its id, version, StudyStream revision and mapping."""
+    """The ImagingStudy the server holds for a study UID: its id, version, StudyStream revision and mapping.
+
+    ``old_tags`` are the StudyStream tags the server carried over from earlier versions (servers such
+    as HAPI merge ``meta.tag`` across versions): the uploader removes them once a newer one is written.
+    """
 
     id: str
     version: str | None
-    revision: int
+    revision: tuple[int, int]  # (generation, revision)
     mapping_version: int = 0
+    tags: tuple[tuple[str, str], ...] = ()  # (system, code) of every StudyStream tag the resource carries
 
 
-def is_newer(revision: int, stored: StoredStudy | None, mapping_version: int | None = None) -> bool:
-    """Whether writing ``revision`` (by ``mapping_version``) improves on what the server holds.
+def is_newer(version: tuple[int, int], stored: StoredStudy | None, mapping_version: int | None = None) -> bool:
+    """Whether writing ``version`` = (generation, revision), by ``mapping_version``, improves on what the server holds.
 
     A higher revision always does; the same revision only when the stored one came from an older
     mapping; a lower revision never (it would hide instances the server already lists).
@@ -97,7 +102,7 @@ def is_newer(revision: int, stored: StoredStudy | None, mapping_version: int | N
     if stored is None:
         return True
     mapping = MAPPING_VERSION if mapping_version is None else mapping_version
-    return (revision, mapping) > (stored.revision, stored.mapping_version)
+    return (version, mapping) > (stored.revision, stored.mapping_version)
 
 
 # --- Identifiers ---------------------------------------------------------------------------------
@@ -112,9 +117,18 @@ def study_search_query(study_uid: str) -> str:
     return token_query(DICOM_UID_SYSTEM, oid_urn(study_uid))
 
 
+def escape_token(text: str) -> str:
+    """A token part escaped as FHIR search says (``\\``, ``\\,``, ``\\|``, ``\\$``), before URL encoding.
+
+    Percent-encoding alone is not enough: a server decodes ``%2C`` back into a comma and reads
+    ``sys|12%2C34`` as ``sys|12`` OR ``34`` (the wrong patient, if one of them exists).
+    """
+    return text.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+
+
 def token_query(system: str, value: str) -> str:
-    """``identifier=<system>|<value>`` with both parts URL-encoded (``|`` and ``,`` must be escaped in values)."""
-    return f"identifier={quote(system, safe=':/.-_~')}|{quote(value, safe=':/.-_~')}"
+    """``identifier=<system>|<value>``: both parts escaped the FHIR way, then URL-encoded."""
+    return f"identifier={quote(escape_token(system), safe=':/.-_~')}|{quote(escape_token(value), safe=':/.-_~')}"
 
 
 def patient_identifier(ready: StudyReady, options: MappingOptions) -> tuple[str, str]:
@@ -175,7 +189,7 @@ def build_imaging_study(
     study = ready.study
     data: dict[str, Any] = {
         "resourceType": "ImagingStudy",
-        "meta": {"tag": [revision_tag(ready.revision, options), mapping_version_tag()]},
+        "meta": {"tag": [revision_tag(ready.version, options), mapping_version_tag()]},
         "identifier": [{"use": "official", **study_identifier(study.uid)}],
         "status": "available",
         "subject": {"reference": patient_ref, "type": "Patient"},
@@ -216,8 +230,14 @@ def build_imaging_study(
     return ImagingStudy(data)
 
 
-def revision_tag(revision: int, options: MappingOptions) -> dict[str, str]:
-    return {"system": options.revision_tag_system, "code": str(revision), "display": f"StudyStream revision {revision}"}
+def revision_tag(version: tuple[int, int], options: MappingOptions) -> dict[str, str]:
+    """``<generation>.<revision>``: revisions of a later state generation come after every earlier one."""
+    generation, revision = version
+    return {
+        "system": options.revision_tag_system,
+        "code": f"{generation}.{revision}",
+        "display": f"StudyStream revision {revision} (state generation {generation})",
+    }
 
 
 def mapping_version_tag() -> dict[str, str]:
@@ -228,31 +248,58 @@ def mapping_version_tag() -> dict[str, str]:
     }
 
 
-def _highest_tag(resource: dict[str, Any], system: str) -> int:
-    codes = [
-        int(tag["code"])
-        for tag in (resource.get("meta") or {}).get("tag") or ()
-        if tag.get("system") == system and str(tag.get("code", "")).isdigit()
-    ]
-    return max(codes, default=0)
+def parse_revision_code(code: object) -> tuple[int, int] | None:
+    """A revision tag's code: ``g.r``, or ``r`` as written before generations were tagged (generation 1)."""
+    text = str(code)
+    head, dot, tail = text.partition(".")
+    if dot and head.isdigit() and tail.isdigit():
+        return (int(head), int(tail))
+    if not dot and text.isdigit():
+        return (1, int(text))
+    return None
 
 
-def stored_revision(resource: dict[str, Any], options: MappingOptions) -> int:
-    """The highest StudyStream revision tagged on a stored resource; 0 when untagged.
+def _tags(resource: dict[str, Any], system: str) -> list[dict[str, Any]]:
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return [t for t in tags or () if isinstance(t, dict) and t.get("system") == system]
+
+
+def stored_revision(resource: dict[str, Any], options: MappingOptions) -> tuple[int, int]:
+    """The highest StudyStream (generation, revision) tagged on a stored resource; (0, 0) when untagged.
 
     The highest, not the only: servers that carry tags over from earlier versions keep old ones.
     """
-    return _highest_tag(resource, options.revision_tag_system)
+    parsed = (parse_revision_code(t.get("code")) for t in _tags(resource, options.revision_tag_system))
+    return max((p for p in parsed if p is not None), default=(0, 0))
 
 
 def stored_mapping_version(resource: dict[str, Any]) -> int:
     """The highest mapping version tagged on a stored resource (the newest mapping that wrote it); 0 when untagged."""
-    return _highest_tag(resource, MAPPING_VERSION_TAG_SYSTEM)
+    codes = [int(t["code"]) for t in _tags(resource, MAPPING_VERSION_TAG_SYSTEM) if str(t.get("code", "")).isdigit()]
+    return max(codes, default=0)
+
+
+def studystream_tags(resource: dict[str, Any], options: MappingOptions) -> tuple[tuple[str, str], ...]:
+    """(system, code) of every revision and mapping-version tag on a stored resource."""
+    found = _tags(resource, options.revision_tag_system) + _tags(resource, MAPPING_VERSION_TAG_SYSTEM)
+    return tuple((str(t["system"]), str(t.get("code", ""))) for t in found)
+
+
+def outdated_tags(stored: StoredStudy, written: dict[str, Any], options: MappingOptions) -> list[dict[str, str]]:
+    """The StudyStream tags the stored resource carries besides those ``written`` has: what ``$meta-delete`` removes."""
+    current = {(t["system"], t["code"]) for t in (written.get("meta") or {}).get("tag") or ()}
+    return [{"system": system, "code": code} for system, code in stored.tags if (system, code) not in current]
+
+
+def meta_delete_parameters(tags: list[dict[str, str]]) -> dict[str, Any]:
+    """The ``Parameters`` body of ``$meta-delete`` removing ``tags``."""
+    return {"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": tags}}]}
 
 
 def _series(series: ReadySeries, options: MappingOptions, tz_offset: str) -> dict[str, Any]:
     """One series; TimezoneOffsetFromUTC is an instance-level attribute, so it applies to series times too."""
-    info = series.info
+    info = series
     data: dict[str, Any] = {
         "uid": info.uid,
         "modality": {"system": DCM, "code": info.modality.strip() or UNKNOWN_MODALITY},
@@ -366,6 +413,8 @@ def build_transaction_bundle(
     return Bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries}).as_json()
 
 
-def bundle_file_name(study_uid: str, revision: int) -> str:
-    """``<study_uid>-r<revision>.json``: a UID is digits and dots, safe as a file name."""
-    return f"{study_uid}-r{revision}.json"
+def bundle_file_name(study_uid: str, version: tuple[int, int]) -> str:
+    """``<study_uid>-r<revision>.json`` (``-g<generation>-r<revision>`` after a state reset): a UID is
+    digits and dots, safe as a file name."""
+    generation, revision = version
+    return f"{study_uid}-r{revision}.json" if generation <= 1 else f"{study_uid}-g{generation}-r{revision}.json"

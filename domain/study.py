@@ -7,63 +7,68 @@ The state of one study is split so that a new instance never rewrites the whole 
 - one :class:`InstanceInfo` per SOP Instance UID (the de-duplication key).
 
 :func:`apply_instance` takes what is stored for the event's study, series and instance and returns
-what must be written back; :func:`is_ready` decides completeness; :func:`mark_published` records that
-a revision was emitted. Revisions: a study starts at revision 1; any new or changed instance after a
-revision was published opens revision + 1, which becomes ready after another quiet period.
+what must be written back; :func:`is_ready` decides completeness; :func:`mark_sealed` and
+:func:`mark_published` record the decision. Revisions: a study starts at revision 1; any new or
+changed instance after a revision was sealed opens revision + 1, ready after another quiet period.
+
+Replaying a batch is harmless by construction. The header remembers the imaging.raw offset of the
+last record applied to it (``applied_offset``) and every row the offset that created it
+(``first_offset``): a row counts as known to the header only when it was created at or below that
+offset. A batch whose writes reached the changelog only in part (a worker killed while they were in
+flight) is therefore applied again exactly: rows written without their header are counted, records
+the header already reflects only repair rows that went missing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
 from typing import Any, TypeVar
 
-import orjson
+import msgspec
 
-from domain.errors import InvalidEventError
-from domain.events import CodedValue, CommitmentRequest, InstanceEvent
+from domain.errors import InvalidRecordError
+from domain.events import Codes, CommitmentRequest, InstanceEvent, ShortText, Text, Uid
+from domain.uids import is_valid_uid
 
-STATE_SCHEMA_VERSION = 1
-UID_CHARACTERS = frozenset("0123456789.")
-UID_MAX_LENGTH = 64
+STATE_SCHEMA_VERSION = 2
 
 
 class StudyStatus(StrEnum):
     RECEIVING = "receiving"  # the current revision is open: waiting for a quiet period
-    PUBLISHED = "published"  # the current revision was emitted on imaging.study.ready
+    SEALED = "sealed"  # the current revision is complete; its ready record is being published
+    PUBLISHED = "published"  # the current revision was acknowledged on imaging.study.ready
     FAILED = "failed"  # the current revision cannot be emitted (e.g. too large); see `failure`
 
 
-@dataclass(frozen=True, slots=True)
-class PatientInfo:
-    id: str = ""
-    issuer: str = ""
-    name: str = ""
-    birth_date: str = ""
-    sex: str = ""
+class PatientInfo(msgspec.Struct, frozen=True, gc=False):
+    """The study's patient (PHI: never logged). Also the ready record's ``patient``, so typed as it is decoded."""
+
+    id: Text = ""
+    issuer: Text = ""
+    name: Text = ""
+    birth_date: ShortText = ""
+    sex: ShortText = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StudyInfo:
-    uid: str
-    date: str = ""
-    time: str = ""
-    timezone_offset: str = ""
-    description: str = ""
-    accession_number: str = ""
-    accession_issuer: str = ""
-    referring_physician: str = ""
-    procedure_codes: tuple[CodedValue, ...] = ()
-    institution: str = ""
-    study_id: str = ""
+class StudyInfo(msgspec.Struct, frozen=True, gc=False):
+    """Study-level attributes. Also the ready record's ``study``."""
+
+    uid: Uid
+    date: ShortText = ""
+    time: ShortText = ""
+    timezone_offset: ShortText = ""
+    description: Text = ""
+    accession_number: Text = ""
+    accession_issuer: Text = ""
+    referring_physician: Text = ""
+    procedure_codes: Codes = ()
+    institution: Text = ""
+    study_id: Text = ""
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesInfo:
+class SeriesInfo(msgspec.Struct, frozen=True, gc=False):
     uid: str
     number: int | None = None
     modality: str = ""
@@ -77,20 +82,34 @@ class SeriesInfo:
     manufacturer: str = ""
     model: str = ""
     institution: str = ""
+    first_offset: int = -1  # imaging.raw offset of the record that created the row (-1: before offsets were kept)
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
+class InstanceInfo(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One row per SOP Instance UID; positional on the wire: instances are the bulk of the state."""
+
     uid: str
     series_uid: str
     sop_class_uid: str
     number: int | None = None
     title: str = ""
     sha256: str = ""
+    revision: int = 0  # the revision this content joined
+    first_offset: int = -1  # imaging.raw offset of the record that created the row
+    source_offset: int = -1  # imaging.raw offset of the record that last wrote it
+
+    def same_content(self, other: InstanceInfo) -> bool:
+        return (self.uid, self.series_uid, self.sop_class_uid, self.number, self.title, self.sha256) == (
+            other.uid,
+            other.series_uid,
+            other.sop_class_uid,
+            other.number,
+            other.title,
+            other.sha256,
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class StudyHeader:
+class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     study: StudyInfo
     patient: PatientInfo
     status: StudyStatus = StudyStatus.RECEIVING
@@ -106,20 +125,21 @@ class StudyHeader:
     commitment_requested: bool = False  # Storage Commitment covering the study: ready without waiting
     commitment_waiting: tuple[str, ...] = ()  # instances a commitment request named, not seen yet
     failure: str = ""
+    applied_offset: int = -1  # imaging.raw offset of the last record applied to this header
+    sealed_at: str = ""  # ISO 8601 UTC: when the current revision was sealed (its ready record's ready_at)
     schema_version: int = STATE_SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class Reception:
-    """When and where the aggregator saw an event: clocks are epoch seconds."""
+class Reception(msgspec.Struct, frozen=True, gc=False):
+    """When and where the aggregator saw an event: clocks are epoch seconds, ``offset`` its imaging.raw offset."""
 
     wall_time: float
     event_time: float
     partition: int
+    offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StudyUpdate:
+class StudyUpdate(msgspec.Struct, frozen=True, gc=False):
     """What :func:`apply_instance` decided; ``None`` fields need no write."""
 
     header: StudyHeader
@@ -129,32 +149,14 @@ class StudyUpdate:
     opened_revision: bool = False  # the study became RECEIVING: it needs a completeness check
 
 
-_Info = TypeVar("_Info", PatientInfo, StudyInfo, SeriesInfo)
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound=msgspec.Struct)
+_replace = msgspec.structs.replace
 
 
-def check_event_uids(event: InstanceEvent, *, study_key_uid: str | None) -> None:
-    """Reject an event whose UIDs cannot be table keys, or whose Kafka key is not its study.
-
-    UIDs are digits and dots, at most 64 characters (DICOM PS3.5 9.1); anything else would break the
-    ``study|child`` key scheme. A key that differs from the StudyInstanceUID would put the study's
-    instances on two partitions.
-    """
-    for name in ("study_uid", "series_uid", "sop_instance_uid"):
-        value = getattr(event, name)
-        if len(value) > UID_MAX_LENGTH or not set(value) <= UID_CHARACTERS:
-            raise InvalidEventError(f"{name} is not a DICOM UID")
-    if study_key_uid is not None and study_key_uid != event.study_uid:
-        raise InvalidEventError("message key differs from study_uid")
-
-
-def check_commitment_uids(request: CommitmentRequest, *, study_key_uid: str | None) -> None:
-    """Reject a commitment record whose UIDs cannot be table keys, or whose Kafka key is not its study."""
-    for value in (request.study_uid, *request.sop_instance_uids):
-        if len(value) > UID_MAX_LENGTH or not set(value) <= UID_CHARACTERS:
-            raise InvalidEventError("storage_commitment names something that is not a DICOM UID")
-    if study_key_uid is not None and study_key_uid != request.study_uid:
-        raise InvalidEventError("message key differs from study_uid")
+def check_key(record: InstanceEvent | CommitmentRequest, key: bytes | None) -> None:
+    """Reject a record whose Kafka key is not its study: the study's records would be on two partitions."""
+    if key is None or key != record.study_uid.encode("ascii"):
+        raise InvalidRecordError("message key differs from study_uid", reason="key_mismatch")
 
 
 # --- Building blocks from an event ---------------------------------------------------------------
@@ -186,7 +188,7 @@ def study_from_event(event: InstanceEvent) -> StudyInfo:
     )
 
 
-def series_from_event(event: InstanceEvent) -> SeriesInfo:
+def series_from_event(event: InstanceEvent, first_offset: int = -1) -> SeriesInfo:
     return SeriesInfo(
         uid=event.series_uid,
         number=event.series_number,
@@ -201,10 +203,11 @@ def series_from_event(event: InstanceEvent) -> SeriesInfo:
         manufacturer=event.manufacturer,
         model=event.model,
         institution=event.institution,
+        first_offset=first_offset,
     )
 
 
-def instance_from_event(event: InstanceEvent) -> InstanceInfo:
+def instance_from_event(event: InstanceEvent, revision: int = 0, first_offset: int = -1) -> InstanceInfo:
     return InstanceInfo(
         uid=event.sop_instance_uid,
         series_uid=event.series_uid,
@@ -212,40 +215,12 @@ def instance_from_event(event: InstanceEvent) -> InstanceInfo:
         number=event.instance_number,
         title=event.instance_title,
         sha256=event.sha256,
+        revision=revision,
+        first_offset=first_offset,
     )
 
 
 _EMPTY = ("", None, ())
-
-
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _replace(obj: _T, **changes: Any) -> _T:
-    """``dataclasses.replace`` for these init-only dataclasses, without its per-call field introspection.
-
-    Called twice per instance event on the aggregator's hot path, where ``dataclasses.replace`` was a
-    tenth of the domain's CPU time.
-    """
-    values = {name: getattr(obj, name) for name in _field_names(type(obj))}
-    values.update(changes)
-    return type(obj)(**values)
-
-
-def fill_blanks(known: _Info, incoming: _Info) -> _Info:
-    """``known`` with its empty fields taken from ``incoming``: the first non-empty value wins.
-
-    Later instances never overwrite what an earlier one said, so a study's attributes do not flap.
-    """
-    updates = {
-        name: value
-        for name in _field_names(type(known))
-        if getattr(known, name) in _EMPTY and (value := getattr(incoming, name)) not in _EMPTY
-    }
-    return _replace(known, **updates) if updates else known
-
 
 # Where each field of the infos built from an event comes from (as in the *_from_event functions above).
 _EVENT_SOURCES: dict[type, dict[str, str]] = {
@@ -287,18 +262,28 @@ _EVENT_SOURCES: dict[type, dict[str, str]] = {
 }
 
 
-def fill_blanks_from_event(known: _Info, event: InstanceEvent) -> _Info:
+def fill_blanks(known: _T, incoming: _T) -> _T:
+    """``known`` with its empty fields taken from ``incoming``: the first non-empty value wins.
+
+    Later instances never overwrite what an earlier one said, so a study's attributes do not flap.
+    """
+    updates = {
+        name: value
+        for name in _EVENT_SOURCES[type(known)]
+        if getattr(known, name) in _EMPTY and (value := getattr(incoming, name)) not in _EMPTY
+    }
+    return _replace(known, **updates) if updates else known
+
+
+def fill_blanks_from_event(known: _T, event: InstanceEvent) -> _T:
     """``fill_blanks(known, <info>_from_event(event))`` that reads only the event fields ``known`` lacks.
 
-    The aggregator's hot path: most events fill nothing, and building three infos per event to learn
-    that was a third of :func:`apply_instance`. Returns ``known`` itself when nothing changes.
+    The aggregator's hot path: most events fill nothing. Returns ``known`` itself when nothing changes.
     """
     updates: dict[str, Any] = {}
     for name, attribute in _EVENT_SOURCES[type(known)].items():
         if getattr(known, name) in _EMPTY:
             value = getattr(event, attribute)
-            if name == "procedure_codes":
-                value = tuple(value)
             if value not in _EMPTY:
                 updates[name] = value
     return _replace(known, **updates) if updates else known
@@ -309,10 +294,9 @@ def event_time_of(event: InstanceEvent, message_timestamp: float | None, fallbac
     if event.received_at:
         try:
             parsed = datetime.fromisoformat(event.received_at.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None:
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError, OSError):
+            pass
     return message_timestamp if message_timestamp else fallback
 
 
@@ -321,6 +305,11 @@ def iso_utc(epoch_seconds: float) -> str:
 
 
 # --- Rules ---------------------------------------------------------------------------------------
+
+
+def _counted(header: StudyHeader | None, first_offset: int) -> bool:
+    """Whether a row created at ``first_offset`` is reflected in ``header`` (see the module doc)."""
+    return header is not None and first_offset <= header.applied_offset
 
 
 def apply_instance(
@@ -336,16 +325,24 @@ def apply_instance(
     modality re-sends are harmless). Different content under a known UID (a replaced instance) changes
     the study without counting it twice.
     """
-    instance = instance_from_event(event)
-    if header is not None and known_instance == instance:
+    if header is not None and at.offset <= header.applied_offset:
+        return _repair(header, known_series, known_instance, event, at)
+    incoming = instance_from_event(event)
+    counted = known_instance if known_instance is not None and _counted(header, known_instance.first_offset) else None
+    if (
+        counted is not None
+        and header is not None
+        and counted.source_offset <= header.applied_offset  # the header reflects the row's last write
+        and counted.same_content(incoming)
+    ):
         return StudyUpdate(header=header)
-    is_new_instance = known_instance is None
 
+    series_counted = known_series is not None and _counted(header, known_series.first_offset)
     if known_series is not None:
         merged_series = fill_blanks_from_event(known_series, event)
         series_to_write = merged_series if merged_series is not known_series else None
     else:
-        series_to_write = series_from_event(event)
+        series_to_write = series_from_event(event, first_offset=at.offset)
 
     received = iso_utc(at.event_time)  # one conversion per event: it is a tenth of this function
     if header is None:
@@ -363,17 +360,11 @@ def apply_instance(
             "patient": fill_blanks_from_event(header.patient, event),
         }
         opened = header.status is not StudyStatus.RECEIVING
-        if opened:  # a published (or failed) revision is final: anything new opens the next one
-            changes.update(
-                status=StudyStatus.RECEIVING,
-                revision=header.revision + 1,
-                commitment_requested=False,
-                commitment_waiting=(),
-                failure="",
-            )
-        elif header.commitment_waiting and instance.uid in header.commitment_waiting:
+        if opened:  # a sealed (or failed) revision is final: anything new opens the next one
+            changes.update(_next_revision(header))
+        elif header.commitment_waiting and incoming.uid in header.commitment_waiting:
             # The last instance a commitment request was waiting for makes the study committed.
-            waiting = tuple(uid for uid in header.commitment_waiting if uid != instance.uid)
+            waiting = tuple(uid for uid in header.commitment_waiting if uid != incoming.uid)
             changes.update(commitment_waiting=waiting, commitment_requested=not waiting)
 
     first_received = header.first_received
@@ -385,30 +376,89 @@ def apply_instance(
         last_event_time, last_received = header.last_event_time, iso_utc(header.last_event_time)  # out of order
     header = _replace(
         header,
-        instance_count=header.instance_count + (1 if is_new_instance else 0),
-        series_count=header.series_count + (1 if known_series is None else 0),
+        instance_count=header.instance_count + (0 if counted is not None else 1),
+        series_count=header.series_count + (0 if series_counted else 1),
         first_received=first_received,
         last_received=last_received,
         last_event_time=last_event_time,
         last_wall_time=max(header.last_wall_time, at.wall_time),
         partition=at.partition,
+        applied_offset=at.offset,
         **changes,
+    )
+    instance = _replace(
+        incoming,
+        revision=header.revision,
+        first_offset=counted.first_offset if counted is not None else at.offset,
+        source_offset=at.offset,
     )
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 
 
-def request_commitment(header: StudyHeader, missing: Sequence[str] = ()) -> StudyHeader:
+def _next_revision(header: StudyHeader) -> dict[str, Any]:
+    return {
+        "status": StudyStatus.RECEIVING,
+        "revision": header.revision + 1,
+        "commitment_requested": False,
+        "commitment_waiting": (),
+        "failure": "",
+        "sealed_at": "",
+    }
+
+
+def _repair(
+    header: StudyHeader,
+    known_series: SeriesInfo | None,
+    known_instance: InstanceInfo | None,
+    event: InstanceEvent,
+    at: Reception,
+) -> StudyUpdate:
+    """A record the header already reflects: write back its rows if they went missing, count nothing.
+
+    Rows go missing when a worker died while a batch's changelog records were in flight (the header
+    arrived, a row did not), or when local state was damaged and the input is re-read. A row that is
+    restored after its revision was sealed opens the next revision, so the instance reaches FHIR.
+    """
+    incoming = instance_from_event(event)
+    missing = known_instance is None
+    stale = (
+        known_instance is not None
+        and 0 <= known_instance.source_offset < at.offset
+        and not known_instance.same_content(incoming)
+    )
+    series_to_write = series_from_event(event, first_offset=at.offset) if known_series is None else None
+    if not missing and not stale and series_to_write is None:
+        return StudyUpdate(header=header)
+    opened = header.status is not StudyStatus.RECEIVING
+    if opened:
+        header = _replace(header, last_wall_time=max(header.last_wall_time, at.wall_time), **_next_revision(header))
+    instance = None
+    if missing or stale:
+        instance = _replace(
+            incoming,
+            revision=header.revision,
+            first_offset=at.offset if known_instance is None else known_instance.first_offset,
+            source_offset=at.offset,
+        )
+    return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
+
+
+def request_commitment(header: StudyHeader, missing: Sequence[str] = (), offset: int | None = None) -> StudyHeader:
     """A Storage Commitment request covering the study's open revision makes it ready at once.
 
     ``missing`` are the instances it names that the study does not hold yet (stored by another receiving
     process, read later): the study is committed when the last of them arrives (:func:`apply_instance`).
+    ``offset`` is the request's imaging.raw offset: a request the header already reflects changes nothing.
     """
-    if header.status is not StudyStatus.RECEIVING:
+    if offset is not None and offset <= header.applied_offset:
         return header
+    applied = {"applied_offset": offset} if offset is not None else {}
+    if header.status is not StudyStatus.RECEIVING:
+        return _replace(header, **applied) if applied else header
     if missing:
         waiting = tuple(dict.fromkeys((*header.commitment_waiting, *missing)))
-        return dataclasses.replace(header, commitment_waiting=waiting)
-    return dataclasses.replace(header, commitment_requested=True, commitment_waiting=())
+        return _replace(header, commitment_waiting=waiting, **applied)
+    return _replace(header, commitment_requested=True, commitment_waiting=(), **applied)
 
 
 def is_ready(header: StudyHeader, now_wall: float, now_event_time: float | None, quiet_period: float) -> bool:
@@ -429,72 +479,68 @@ def is_ready(header: StudyHeader, now_wall: float, now_event_time: float | None,
     return now_wall - header.last_wall_time >= quiet_period and now_event_time - header.last_event_time >= quiet_period
 
 
-def wall_quiet_elapsed(header: StudyHeader, now_wall: float, quiet_period: float) -> bool:
-    """Cheap pre-check for the completeness timer: worth asking the agent to decide."""
+def needs_check(header: StudyHeader, now_wall: float, quiet_period: float) -> bool:
+    """Cheap pre-check for the completeness timer: worth asking the agent to decide.
+
+    A sealed revision always is: its ready record was not acknowledged yet (a worker stopped in between).
+    """
+    if header.status is StudyStatus.SEALED:
+        return True
     return header.status is StudyStatus.RECEIVING and (
         header.commitment_requested or now_wall - header.last_wall_time >= quiet_period
     )
 
 
+def mark_sealed(header: StudyHeader, sealed_at: str) -> StudyHeader:
+    """The open revision is complete: from now on a new instance opens the next one."""
+    return _replace(header, status=StudyStatus.SEALED, sealed_at=sealed_at)
+
+
 def mark_published(header: StudyHeader) -> StudyHeader:
-    return dataclasses.replace(header, status=StudyStatus.PUBLISHED, published_revision=header.revision)
+    return _replace(header, status=StudyStatus.PUBLISHED, published_revision=header.revision)
 
 
 def mark_failed(header: StudyHeader, reason: str) -> StudyHeader:
-    return dataclasses.replace(header, status=StudyStatus.FAILED, failure=reason)
+    return _replace(header, status=StudyStatus.FAILED, failure=reason)
 
 
 # --- Storage encoding (table values) -------------------------------------------------------------
 
+_encoder = msgspec.json.Encoder()
+_header_decoder = msgspec.json.Decoder(StudyHeader)
+_series_decoder = msgspec.json.Decoder(SeriesInfo)
+_instance_decoder = msgspec.json.Decoder(InstanceInfo)
 
-def _codes(items: Any) -> tuple[CodedValue, ...]:
-    return tuple(CodedValue(**c) for c in items or ())
+
+def _decode(decoder: msgspec.json.Decoder[_T], raw: bytes, what: str) -> _T:
+    try:
+        return decoder.decode(raw)
+    except msgspec.MsgspecError as exc:
+        raise InvalidRecordError(f"corrupt {what}: {exc}", reason="corrupt_state") from None
 
 
 def encode_header(header: StudyHeader) -> bytes:
-    return orjson.dumps(header)  # orjson walks dataclasses natively: ~20 times faster than asdict
+    return _encoder.encode(header)
 
 
 def decode_header(raw: bytes) -> StudyHeader:
-    try:
-        data = orjson.loads(raw)
-        study = data.pop("study")
-        study["procedure_codes"] = _codes(study.get("procedure_codes"))
-        data["commitment_waiting"] = tuple(data.get("commitment_waiting") or ())
-        return StudyHeader(
-            study=StudyInfo(**study),
-            patient=PatientInfo(**data.pop("patient")),
-            status=StudyStatus(data.pop("status")),
-            **data,
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InvalidEventError(f"corrupt study header: {exc}") from None
+    return _decode(_header_decoder, raw, "study header")
 
 
 def encode_series(series: SeriesInfo) -> bytes:
-    return orjson.dumps(series)
+    return _encoder.encode(series)
 
 
 def decode_series(raw: bytes) -> SeriesInfo:
-    try:
-        return SeriesInfo(**orjson.loads(raw))
-    except (orjson.JSONDecodeError, TypeError) as exc:
-        raise InvalidEventError(f"corrupt series state: {exc}") from None
+    return _decode(_series_decoder, raw, "series state")
 
 
-# Instances are the bulk of the state: a positional array keeps each value (and changelog record) small.
 def encode_instance(instance: InstanceInfo) -> bytes:
-    return orjson.dumps(
-        [instance.uid, instance.series_uid, instance.sop_class_uid, instance.number, instance.title, instance.sha256]
-    )
+    return _encoder.encode(instance)
 
 
 def decode_instance(raw: bytes) -> InstanceInfo:
-    try:
-        uid, series_uid, sop_class_uid, number, title, sha256 = orjson.loads(raw)
-    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-        raise InvalidEventError(f"corrupt instance state: {exc}") from None
-    return InstanceInfo(uid, series_uid, sop_class_uid, number, title, sha256)
+    return _decode(_instance_decoder, raw, "instance state")
 
 
 # --- Table keys ----------------------------------------------------------------------------------
@@ -503,6 +549,15 @@ def decode_instance(raw: bytes) -> InstanceInfo:
 
 def study_key(study_uid: str) -> bytes:
     return study_uid.encode("ascii")
+
+
+def study_uid_of_key(key: bytes) -> str | None:
+    """The study UID a table key names, or ``None`` when the key is not one (a row written by hand, say)."""
+    try:
+        text = key.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if is_valid_uid(text) else None
 
 
 def child_prefix(study_uid: str) -> bytes:

@@ -1,6 +1,7 @@
 """The control topic: what every worker of an app id must agree on before the Faust app exists.
 
 - The state generation (key ``state-generation/<app id>``).
+- The redrive ledger (key ``redriven/<app id>``): the dead letters ``studystream redrive`` sent back.
 - The ready-replay fence (key ``ready-replay/<app id>``): per imaging.study.ready partition, the
   offset below which records were re-read by ``studystream replay``. The uploader checks such a record
   against the FHIR server instead of trusting its outcomes table (the server may have been restored
@@ -43,6 +44,7 @@ class ControlState:
     generation: int = FIRST_GENERATION
     ready_replay_group: str = ""  # the consumer group the fence was set for
     ready_replay_until: dict[int, int] = field(default_factory=dict)  # partition → first offset NOT replayed
+    redrive_ledger: bytes = b""  # `studystream redrive`: the dead letters already sent back (domain.redrive.Ledger)
 
     def replayed(self, group_id: str, partition: int, offset: int) -> bool:
         """Whether a ready record was re-read by a replay (of this generation's group)."""
@@ -55,6 +57,10 @@ def generation_key(app_id: str) -> bytes:
 
 def ready_replay_key(app_id: str) -> bytes:
     return f"ready-replay/{app_id}".encode()
+
+
+def redrive_key(app_id: str) -> bytes:
+    return f"redriven/{app_id}".encode()
 
 
 def encode_ready_replay(group_id: str, until: dict[int, int]) -> bytes:
@@ -115,7 +121,8 @@ async def read_control_async(settings: Settings) -> ControlState:
         # An explicit seek: seek_to_beginning right after assign() can lose to the default "latest" reset.
         consumer.seek(tp, start)
         generation_record, fence_record = generation_key(settings.app_id), ready_replay_key(settings.app_id)
-        generation, fence = FIRST_GENERATION, ("", {})
+        ledger_record = redrive_key(settings.app_id)
+        generation, fence, ledger = FIRST_GENERATION, ("", {}), b""
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=int(settings.replay_timeout * 1000))
             if not batch:
@@ -125,7 +132,9 @@ async def read_control_async(settings: Settings) -> ControlState:
                     generation = decode_generation(record.value) or FIRST_GENERATION
                 elif record.key == fence_record:
                     fence = decode_ready_replay(record.value)
-        return ControlState(generation, fence[0], fence[1])
+                elif record.key == ledger_record:
+                    ledger = record.value or b""
+        return ControlState(generation, fence[0], fence[1], ledger)
     finally:
         await consumer.stop()
 

@@ -15,10 +15,19 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 
 from app.settings import Settings
-from domain.errors import ConfigurationError
-from domain.fhir_mapping import MappingOptions, StoredStudy, stored_mapping_version, stored_revision, study_search_query
+from domain.errors import ConfigurationError, StudyStreamError
+from domain.fhir_mapping import (
+    MappingOptions,
+    StoredStudy,
+    meta_delete_parameters,
+    stored_mapping_version,
+    stored_revision,
+    study_search_query,
+    studystream_tags,
+)
 
 FHIR_JSON = "application/fhir+json"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -26,12 +35,19 @@ ASSERTION_LIFETIME = 300  # seconds; SMART: "no more than five minutes in the fu
 TOKEN_EXPIRY_MARGIN = 30.0  # seconds: refresh a token this long before it expires
 
 
-class FhirHttpError(Exception):
+class FhirHttpError(StudyStreamError):
     """A non-2xx answer of the FHIR server to a lookup (transactions return their response instead)."""
 
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
+
+
+class FhirAuthError(StudyStreamError):
+    """The SMART token endpoint did not give an access token: an outage of the credentials, not of the study.
+
+    The message names the status and the OAuth error code only (RFC 6749 5.2), never the description.
+    """
 
 
 def client_assertion(
@@ -94,10 +110,21 @@ class SmartBackendAuth:
             },
             headers={"Accept": "application/json"},
         )
-        if response.status_code != 200:
-            raise FhirHttpError(response)
-        body = response.json()
-        return _Token(str(body["access_token"]), now + float(body.get("expires_in", 300)))
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise FhirAuthError(f"token endpoint answered HTTP {response.status_code} without a JSON object")
+        token, lifetime = body.get("access_token"), body.get("expires_in", 300)
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            code = body.get("error") if isinstance(body.get("error"), str) else "no access_token"
+            raise FhirAuthError(f"token endpoint answered HTTP {response.status_code}: {code[:64]}")
+        try:
+            expires_in = min(max(float(lifetime), 0.0), 86_400.0)
+        except (TypeError, ValueError):
+            expires_in = 300.0
+        return _Token(token, now + expires_in)
 
 
 class FhirClient:
@@ -156,17 +183,32 @@ class FhirClient:
         )
         if response.status_code != 200:
             raise FhirHttpError(response)
-        entries = [e.get("resource") or {} for e in response.json().get("entry") or ()]
-        studies = [r for r in entries if r.get("resourceType") == "ImagingStudy"]
+        try:
+            body = response.json()
+        except ValueError:
+            raise FhirHttpError(response) from None
+        entries = body.get("entry") if isinstance(body, dict) else None
+        resources = [e.get("resource") for e in entries or () if isinstance(e, dict)]
+        studies = [
+            r for r in resources if isinstance(r, dict) and r.get("resourceType") == "ImagingStudy" and r.get("id")
+        ]
         if not studies:
             return None
         # Two would be a duplicate created outside StudyStream: the highest revision is the one to keep.
         best = max(studies, key=lambda r: stored_revision(r, self.options))
+        meta = best.get("meta") if isinstance(best.get("meta"), dict) else {}
         return StoredStudy(
             id=str(best["id"]),
-            version=(best.get("meta") or {}).get("versionId"),
+            version=str(meta["versionId"]) if meta.get("versionId") else None,
             revision=stored_revision(best, self.options),
             mapping_version=stored_mapping_version(best),
+            tags=studystream_tags(best, self.options),
+        )
+
+    async def delete_tags(self, resource_id: str, tags: list[dict[str, str]]) -> httpx.Response:
+        """``$meta-delete`` of ``tags`` on an ImagingStudy (no new version of the resource)."""
+        return await self._request(
+            "POST", f"ImagingStudy/{resource_id}/$meta-delete", content=orjson.dumps(meta_delete_parameters(tags))
         )
 
     async def transaction(self, bundle_json: bytes) -> httpx.Response:

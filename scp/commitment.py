@@ -28,9 +28,9 @@ from pynetdicom import AE, build_role
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance  # type: ignore[attr-defined]
 
-from domain.dicom_event import is_valid_uid
 from domain.errors import ConfigurationError
 from domain.events import CommitmentRequest, encode_commitment_request
+from domain.uids import is_valid_uid
 from scp.handlers import ReceiverDeps
 
 LOG = logging.getLogger(__name__)

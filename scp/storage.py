@@ -22,8 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from domain.dicom_event import is_valid_uid
 from domain.errors import StudyStreamError
+from domain.uids import is_valid_uid
 
 LOG = logging.getLogger(__name__)
 

@@ -16,10 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from app.settings import Settings
-
-HEADER_PREFIX = "studystream-"
-# Headers that name the failure, shown as they are; the OperationOutcome is summarised, not copied.
-SHOWN_HEADERS = ("reason", "source", "stage", "http-status")
+from domain import dead_letters
 
 
 def _text(value: bytes | None) -> str:
@@ -33,9 +30,10 @@ def dead_letter_row(
     key: bytes | None,
     headers: Iterable[tuple[str, bytes]],
     value_size: int,
+    show_patient_data: bool = False,
 ) -> dict[str, Any]:
-    """One dead letter as the API shows it (pure)."""
-    named = {k[len(HEADER_PREFIX) :]: v for k, v in headers if k.startswith(HEADER_PREFIX)}
+    """One dead letter as the API shows it (pure): the safe headers; the server's diagnostics only with patient data."""
+    named = dead_letters.header_map(headers)
     row: dict[str, Any] = {
         "partition": partition,
         "offset": offset,
@@ -46,10 +44,12 @@ def dead_letter_row(
         ),
         "study_uid": _text(key),
         "value_bytes": value_size,
-        "has_operation_outcome": "operation-outcome" in named,
+        "has_operation_outcome": dead_letters.OPERATION_OUTCOME in named,
     }
-    for name in SHOWN_HEADERS:
-        row[name.replace("-", "_")] = _text(named.get(name))
+    for name in dead_letters.SAFE_HEADERS:
+        row[name.removeprefix(dead_letters.PREFIX).replace("-", "_")] = dead_letters.text(named, name)
+    if show_patient_data:
+        row["detail"] = dead_letters.text(named, dead_letters.DETAIL)
     return row
 
 
@@ -58,7 +58,9 @@ def newest(rows: Sequence[Mapping[str, Any]], keep: int) -> list[Mapping[str, An
     return sorted(rows, key=lambda r: (r["timestamp"], r["partition"], r["offset"]), reverse=True)[:keep]
 
 
-async def read_recent_dead_letters(settings: Settings, keep: int, timeout: float) -> list[Mapping[str, Any]]:
+async def read_recent_dead_letters(
+    settings: Settings, keep: int, timeout: float, show_patient_data: bool = False
+) -> list[Mapping[str, Any]]:
     """Up to ``keep`` newest records of the DLQ topic (the last ``keep`` of each partition, merged)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -92,7 +94,9 @@ async def read_recent_dead_letters(settings: Settings, keep: int, timeout: float
             for records in batch.values():
                 for r in records:
                     size = len(r.value) if r.value is not None else 0
-                    rows.append(dead_letter_row(r.partition, r.offset, r.timestamp, r.key, r.headers, size))
+                    rows.append(
+                        dead_letter_row(r.partition, r.offset, r.timestamp, r.key, r.headers, size, show_patient_data)
+                    )
             # Compacted or transactional gaps: the position, not the last offset, says when a partition is read.
             pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
     finally:

@@ -110,8 +110,9 @@ def index_page(
     errors: Sequence[str],
     refresh_seconds: int,
     generated_at: str,
+    outage: Mapping[str, Any] | None = None,
 ) -> str:
-    """The study list: filters by status, one line per study."""
+    """The study list: filters by status, one line per study; a banner while uploads are parked."""
     links = [f'<a href="/" class="{"on" if status is None else ""}">all ({sum(counts.values())})</a>']
     for name in STATUSES:
         cls = "on" if status == name else ""
@@ -137,6 +138,11 @@ def index_page(
         )
     empty = '<tr><td colspan="13" class="hidden">no studies</td></tr>' if not rows else ""
     warnings = "".join(f'<p class="warn">{escape(e)}</p>' for e in errors)
+    if outage and outage.get("parked"):
+        warnings += (
+            f'<p class="warn" id="upload-outage">FHIR uploads parked on this worker: {int(outage["parked"])}, '
+            f"the oldest for {duration(outage.get('oldest_parked_seconds'))} (retried until the server takes them)</p>"
+        )
     body = (
         f"<h1>StudyStream studies</h1><div class=meta>generated {escape(generated_at)}"
         f"{f' · refreshes every {refresh_seconds} s' if refresh_seconds > 0 else ''}"

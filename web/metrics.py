@@ -15,10 +15,16 @@ from prometheus_client.registry import Collector
 
 class _ScrapeTimeCollector(Collector):
     def __init__(
-        self, study_counts: Callable[[], Mapping[str, int]], aggregator_counts: Callable[[], Mapping[str, int]]
+        self,
+        study_counts: Callable[[], Mapping[str, int]],
+        aggregator_counts: Callable[[], Mapping[str, int]],
+        dead_letters: Callable[[], Mapping[tuple[str, str], int]],
+        timer_failures: Callable[[], Mapping[str, int]],
     ) -> None:
         self.study_counts = study_counts
         self.aggregator_counts = aggregator_counts
+        self.dead_letters = dead_letters
+        self.timer_failures = timer_failures
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         studies = GaugeMetricFamily(
@@ -35,14 +41,32 @@ class _ScrapeTimeCollector(Collector):
         for outcome, count in sorted(self.aggregator_counts().items()):
             events.add_metric([outcome], count)
         yield events
+        letters = CounterMetricFamily(
+            "studystream_dead_letters",
+            "Records this worker dead-lettered, by stage and reason",
+            labels=["stage", "reason"],
+        )
+        for (stage, reason), count in sorted(self.dead_letters().items()):
+            letters.add_metric([stage, reason], count)
+        yield letters
+        failures = CounterMetricFamily(
+            "studystream_timer_failures", "Timer rounds skipped after a failure, by timer", labels=["timer"]
+        )
+        for timer, count in sorted(self.timer_failures().items()):
+            failures.add_metric([timer], count)
+        yield failures
 
 
 class WebMetrics:
     def __init__(
-        self, study_counts: Callable[[], Mapping[str, int]], aggregator_counts: Callable[[], Mapping[str, int]]
+        self,
+        study_counts: Callable[[], Mapping[str, int]],
+        aggregator_counts: Callable[[], Mapping[str, int]],
+        dead_letters: Callable[[], Mapping[tuple[str, str], int]] = dict,
+        timer_failures: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_ScrapeTimeCollector(study_counts, aggregator_counts))
+        self.registry.register(_ScrapeTimeCollector(study_counts, aggregator_counts, dead_letters, timer_failures))
         self.requests = Counter(
             "studystream_web_requests", "Web view requests, by page and HTTP status", ["page", "code"],
             registry=self.registry,

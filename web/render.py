@@ -13,7 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from domain.study import UID_CHARACTERS, UID_MAX_LENGTH, InstanceInfo, SeriesInfo, StudyHeader, StudyStatus
+from domain.study import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus
+from domain.uids import is_valid_uid
 from domain.upload import UploadOutcome, UploadStatus
 
 
@@ -39,7 +40,7 @@ def display_status(header: StudyHeader, outcome: UploadOutcome | None) -> Displa
         return DisplayStatus.RECEIVING
     if header.status is StudyStatus.FAILED:
         return DisplayStatus.FAILED
-    if outcome is not None and outcome.published_revision >= header.revision:
+    if outcome is not None and outcome.published_revision >= header.revision and outcome.published_revision:
         return DisplayStatus.PUBLISHED
     if outcome is not None and outcome.revision >= header.revision and outcome.status is UploadStatus.FAILED:
         return DisplayStatus.FAILED
@@ -69,10 +70,13 @@ def patient_fields(header: StudyHeader, show: bool) -> dict[str, str] | None:
     return {"name": p.name, "id": p.id, "issuer": p.issuer, "birth_date": p.birth_date, "sex": p.sex}
 
 
-def outcome_fields(outcome: UploadOutcome | None) -> dict[str, Any] | None:
+def outcome_fields(outcome: UploadOutcome | None, show_patient_data: bool = False) -> dict[str, Any] | None:
+    """The last FHIR outcome; the server's diagnostics (which may quote the patient) only with patient data."""
     if outcome is None:
         return None
     return {
+        "detail": outcome.detail if show_patient_data else None,
+        "retrying_since": outcome.retrying_since,
         "status": outcome.status.value,
         "revision": outcome.revision,
         "published_revision": outcome.published_revision,
@@ -115,7 +119,7 @@ def study_row(
         "failure": header.failure,
         "partition": header.partition,
         "patient": patient_fields(header, options.show_patient_data),
-        "fhir": outcome_fields(outcome),
+        "fhir": outcome_fields(outcome, options.show_patient_data),
     }
 
 
@@ -208,5 +212,5 @@ def parse_status(value: str | None) -> str | None:
 
 
 def is_study_uid(value: str) -> bool:
-    """Whether a path segment can be a Study Instance UID (digits and dots, at most 64): else no table lookup."""
-    return 0 < len(value) <= UID_MAX_LENGTH and set(value) <= UID_CHARACTERS
+    """Whether a path segment can be a Study Instance UID: else no table lookup."""
+    return is_valid_uid(value)

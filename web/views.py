@@ -1,4 +1,4 @@
-"""The web view's Faust pages; importing this module registers them on :data:`app.stream_app.app`.
+"""The web view's Faust pages, registered on an app by :func:`register`.
 
 ==============================  ======================================================================
 ``/``                           HTML study list (every worker's studies), ``?status=`` filter, auto-refresh
@@ -24,19 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agents.aggregator import aggregator
-from agents.uploader import uploader
 from app.settings import Settings
-from app.stream_app import app, settings
-from domain.errors import InvalidEventError
+from domain.errors import InvalidRecordError
 from domain.study import StudyHeader, decode_header, iso_utc
 from tables.outcomes import UploadOutcomes
 from tables.studies import StudyTables
@@ -45,7 +44,11 @@ from web.auth import WebCredentials, challenge, is_authorized
 from web.dlq import read_recent_dead_letters
 from web.metrics import WebMetrics
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from agents.policy import MessagePolicy
+    from agents.uploader import StudyUploader
+
+log = logging.getLogger("studystream.web")
 
 LOCAL_SCOPE = "local"
 
@@ -53,28 +56,45 @@ LOCAL_SCOPE = "local"
 class StudyWeb:
     """What the pages read: this worker's tables, settings, credentials and metrics."""
 
-    def __init__(self, settings: Settings, tables: StudyTables, outcomes: UploadOutcomes) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        tables: StudyTables,
+        outcomes: UploadOutcomes,
+        aggregator_counts: Counter[str],
+        dead_letters: Counter[tuple[str, str]],
+        policy: MessagePolicy,
+        uploader: StudyUploader,
+    ) -> None:
+        self.app = app
         self.settings = settings
         self.tables = tables
         self.outcomes = outcomes
+        self.uploader = uploader
         self.credentials = WebCredentials.from_settings(settings)
         self.options = render.ViewOptions(settings.web_show_patient_data, settings.quiet_period)
-        self.metrics = WebMetrics(self.local_status_counts, lambda: dict(aggregator.counters))
+        self.metrics = WebMetrics(
+            self.local_status_counts,
+            lambda: dict(aggregator_counts),
+            lambda: dict(dead_letters),
+            lambda: dict(policy.timer_failures),
+        )
         self.corrupt_rows = 0
 
     # --- this worker's studies ---
 
     def local_headers(self) -> Iterator[StudyHeader]:
-        for raw in self.tables.headers.values():
+        for raw in self.tables.local_headers():
             try:
                 yield decode_header(raw)
-            except InvalidEventError:
+            except InvalidRecordError:
                 self.corrupt_rows += 1  # counted, skipped: one bad row must not take the page down
 
     def outcome(self, study_uid: str) -> Any:
         try:
             return self.outcomes.get(study_uid)
-        except InvalidEventError:
+        except InvalidRecordError:
             return None
 
     def local_rows(self, now: float) -> list[dict[str, Any]]:
@@ -89,7 +109,8 @@ class StudyWeb:
         return render.status_counts(self.local_rows(time.time()))
 
     def local_detail(self, study_uid: str, now: float) -> dict[str, Any] | None:
-        header = self.tables.header(study_uid)
+        partition = self.partition_of(study_uid)
+        header = self.tables.header(study_uid, partition) if partition is not None else None
         if header is None:
             return None
         series = self.tables.study_series(study_uid, header.partition)
@@ -101,18 +122,30 @@ class StudyWeb:
             instances.append(instance)
         return render.study_detail(header, self.outcome(study_uid), series, instances, now, self.options, limit)
 
+    def partition_of(self, study_uid: str) -> int | None:
+        """The partition of this worker's that holds the study, if any."""
+        key = study_uid.encode("ascii")
+        for partition in self.tables.store.owned_partitions(self.tables.headers):
+            if self.tables.store.get_if_open(self.tables.headers, partition, key) is not None:
+                return partition
+        return None
+
+    def outage(self) -> dict[str, Any]:
+        parked, oldest = self.uploader.parked_summary()
+        return {"parked": parked, "oldest_parked_seconds": oldest}
+
     # --- every worker's studies ---
 
     def owners(self) -> list[str]:
         """Canonical URLs of the workers that actively own partitions of the study table."""
-        metadata = app.router.table_metadata(self.tables.headers.name)
+        metadata = self.app.router.table_metadata(self.tables.headers.name)
         return sorted(url for url, topics in metadata.items() if any(topics.values()))
 
     async def peer_rows(self, url: str, request: Request, status: str | None) -> list[dict[str, Any]]:
         params = {"scope": LOCAL_SCOPE, **({"status": status} if status else {})}
         headers = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
         timeout = aiohttp.ClientTimeout(total=self.settings.web_peer_timeout)
-        async with app.http_client.get(
+        async with self.app.http_client.get(
             f"{url.rstrip('/')}/api/studies", params=params, headers=headers, timeout=timeout
         ) as response:
             if response.status != 200:
@@ -123,7 +156,7 @@ class StudyWeb:
     async def cluster_rows(self, request: Request, status: str | None) -> tuple[list[dict[str, Any]], list[str]]:
         """Rows of every owner's studies and the errors of the owners that did not answer."""
         now = time.time()
-        me = str(app.conf.canonical_url).rstrip("/")
+        me = str(self.app.conf.canonical_url).rstrip("/")
         owners = self.owners()
         errors: list[str] = []
         if not owners:
@@ -133,15 +166,12 @@ class StudyWeb:
         listings = [self.local_rows(now)]
         for url, result in zip(peers, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("web: worker %s did not list its studies: %s", url, type(result).__name__)
+                log.warning("worker %s did not list its studies: %s", url, type(result).__name__)
                 errors.append(f"worker {url} did not answer ({type(result).__name__}): its studies are missing")
             else:
                 listings.append(result)
         rows = render.merge_listings(listings)
         return rows, errors
-
-
-web_state = StudyWeb(settings, aggregator.tables, uploader.outcomes)
 
 
 def study_uid_path(fun: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -156,126 +186,128 @@ def study_uid_path(fun: Callable[..., Awaitable[Response]]) -> Callable[..., Awa
     return get
 
 
-class ProtectedView(View):
-    """A view that answers 401 unless the request carries the token or the basic credentials."""
+def register(app: faust.App, web_state: StudyWeb) -> None:
+    """The pages on ``app``, each reading ``web_state``."""
+    settings = web_state.settings
+    headers_table = web_state.tables.headers
 
-    page_name = "protected"
+    class ProtectedView(View):
+        """A view that answers 401 unless the request carries the token or the basic credentials."""
 
-    async def dispatch(self, request: Any) -> Any:
-        if not is_authorized(request.headers.get("Authorization"), web_state.credentials):
-            web_state.metrics.requests.labels(self.page_name, "401").inc()
-            return self.web.text(
-                "authentication required\n",
-                status=401,
-                headers={"WWW-Authenticate": challenge(web_state.credentials)},
+        page_name = "protected"
+
+        async def dispatch(self, request: Any) -> Any:
+            if not is_authorized(request.headers.get("Authorization"), web_state.credentials):
+                web_state.metrics.requests.labels(self.page_name, "401").inc()
+                return self.web.text(
+                    "authentication required\n",
+                    status=401,
+                    headers={"WWW-Authenticate": challenge(web_state.credentials)},
+                )
+            response = await super().dispatch(request)
+            web_state.metrics.requests.labels(self.page_name, str(getattr(response, "status", 0))).inc()
+            return response
+
+    @app.page("/")
+    class StudyListPage(ProtectedView):
+        page_name = "index"
+
+        async def get(self, request: Request) -> Response:
+            status = render.parse_status(request.query.get("status"))
+            rows, errors = await web_state.cluster_rows(request, None)
+            counts = render.status_counts(rows)
+            shown = render.filter_and_sort(rows, status, settings.web_study_list_limit)
+            page = html.index_page(
+                shown, counts, status, errors, settings.web_refresh_seconds, iso_utc(time.time()), web_state.outage()
             )
-        response = await super().dispatch(request)
-        web_state.metrics.requests.labels(self.page_name, str(getattr(response, "status", 0))).inc()
-        return response
+            return self.web.html(page)
 
+    @app.page("/studies/{uid}")
+    class StudyDetailPage(ProtectedView):
+        page_name = "study"
 
-@app.page("/")
-class StudyListPage(ProtectedView):
-    page_name = "index"
+        @study_uid_path
+        @app.table_route(table=headers_table, match_info="uid")
+        async def get(self, request: Request, uid: str) -> Response:
+            detail = web_state.local_detail(uid, time.time())
+            if detail is None:
+                return self.web.html(
+                    html.message_page("Study not found", f"No study {uid} in the study table."), status=404
+                )
+            return self.web.html(html.detail_page(detail, settings.web_refresh_seconds))
 
-    async def get(self, request: Request) -> Response:
-        status = render.parse_status(request.query.get("status"))
-        rows, errors = await web_state.cluster_rows(request, None)
-        counts = render.status_counts(rows)
-        shown = render.filter_and_sort(rows, status, settings.web_study_list_limit)
-        page = html.index_page(shown, counts, status, errors, settings.web_refresh_seconds, iso_utc(time.time()))
-        return self.web.html(page)
+    @app.page("/api/studies")
+    class StudyListApi(ProtectedView):
+        page_name = "api_studies"
 
-
-@app.page("/studies/{uid}")
-class StudyDetailPage(ProtectedView):
-    page_name = "study"
-
-    @study_uid_path
-    @app.table_route(table=aggregator.tables.headers, match_info="uid")
-    async def get(self, request: Request, uid: str) -> Response:
-        detail = web_state.local_detail(uid, time.time())
-        if detail is None:
-            return self.web.html(
-                html.message_page("Study not found", f"No study {uid} in the study table."), status=404
-            )
-        return self.web.html(html.detail_page(detail, settings.web_refresh_seconds))
-
-
-@app.page("/api/studies")
-class StudyListApi(ProtectedView):
-    page_name = "api_studies"
-
-    async def get(self, request: Request) -> Response:
-        status = render.parse_status(request.query.get("status"))
-        limit = settings.web_study_list_limit
-        if request.query.get("scope") == LOCAL_SCOPE:
-            rows = web_state.local_rows(time.time())
+        async def get(self, request: Request) -> Response:
+            status = render.parse_status(request.query.get("status"))
+            limit = settings.web_study_list_limit
+            if request.query.get("scope") == LOCAL_SCOPE:
+                rows = web_state.local_rows(time.time())
+                return self.json(
+                    {"studies": render.filter_and_sort(rows, status, limit), "worker": str(app.conf.canonical_url)}
+                )
+            rows, errors = await web_state.cluster_rows(request, status)
             return self.json(
-                {"studies": render.filter_and_sort(rows, status, limit), "worker": str(app.conf.canonical_url)}
+                {
+                    "studies": render.filter_and_sort(rows, status, limit),
+                    "counts": render.status_counts(rows),
+                    "upload_outage": web_state.outage(),
+                    "complete": not errors,
+                    "errors": errors,
+                    "generated_at": iso_utc(time.time()),
+                }
             )
-        rows, errors = await web_state.cluster_rows(request, status)
-        return self.json(
-            {
-                "studies": render.filter_and_sort(rows, status, limit),
-                "counts": render.status_counts(rows),
-                "complete": not errors,
-                "errors": errors,
-                "generated_at": iso_utc(time.time()),
-            }
-        )
 
+    @app.page("/api/studies/{uid}")
+    class StudyApi(ProtectedView):
+        page_name = "api_study"
 
-@app.page("/api/studies/{uid}")
-class StudyApi(ProtectedView):
-    page_name = "api_study"
+        @study_uid_path
+        @app.table_route(table=headers_table, match_info="uid")
+        async def get(self, request: Request, uid: str) -> Response:
+            detail = web_state.local_detail(uid, time.time())
+            if detail is None:
+                return self.json({"error": "study not found", "study_uid": uid}, status=404)
+            detail["worker"] = str(app.conf.canonical_url)
+            return self.json(detail)
 
-    @study_uid_path
-    @app.table_route(table=aggregator.tables.headers, match_info="uid")
-    async def get(self, request: Request, uid: str) -> Response:
-        detail = web_state.local_detail(uid, time.time())
-        if detail is None:
-            return self.json({"error": "study not found", "study_uid": uid}, status=404)
-        detail["worker"] = str(app.conf.canonical_url)
-        return self.json(detail)
+    @app.page("/api/dlq")
+    class DeadLetterApi(ProtectedView):
+        page_name = "api_dlq"
 
+        async def get(self, request: Request) -> Response:
+            try:
+                rows = await read_recent_dead_letters(
+                    settings, settings.web_dlq_keep, settings.web_peer_timeout, settings.web_show_patient_data
+                )
+            except Exception as exc:  # noqa: BLE001 - the broker is unreachable: say so, keep the worker serving
+                log.warning("cannot read %s: %s", settings.topic_dlq, type(exc).__name__)
+                return self.json({"error": f"cannot read the dead-letter topic: {type(exc).__name__}"}, status=503)
+            return self.json({"topic": settings.topic_dlq, "dead_letters": rows})
 
-@app.page("/api/dlq")
-class DeadLetterApi(ProtectedView):
-    page_name = "api_dlq"
+    @app.page("/metrics")
+    class MetricsPage(ProtectedView):
+        page_name = "metrics"
 
-    async def get(self, request: Request) -> Response:
-        try:
-            rows = await read_recent_dead_letters(settings, settings.web_dlq_keep, settings.web_peer_timeout)
-        except Exception as exc:  # the broker is unreachable: say so, keep the worker serving  # noqa: BLE001
-            log.warning("web: cannot read %s: %s", settings.topic_dlq, type(exc).__name__)
-            return self.json({"error": f"cannot read the dead-letter topic: {type(exc).__name__}"}, status=503)
-        return self.json({"topic": settings.topic_dlq, "dead_letters": rows})
+        async def get(self, request: Request) -> Response:
+            body = web_state.metrics.exposition(web_state.uploader.metrics.registry)
+            return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    @app.page("/health")
+    class HealthPage(View):
+        """Open on purpose (probes carry no credentials); tells nothing about studies or patients."""
 
-@app.page("/metrics")
-class MetricsPage(ProtectedView):
-    page_name = "metrics"
+        async def get(self, request: Request) -> Response:
+            state = "rebalancing" if app.rebalancing else "recovering" if app.in_recovery else "running"
+            healthy = state == "running"
+            return self.json({"status": "ok" if healthy else state}, status=200 if healthy else 503)
 
-    async def get(self, request: Request) -> Response:
-        body = web_state.metrics.exposition(uploader.metrics.registry)
-        return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-
-@app.page("/health")
-class HealthPage(View):
-    """Open on purpose (probes carry no credentials); tells nothing about studies or patients."""
-
-    async def get(self, request: Request) -> Response:
-        state = "rebalancing" if app.rebalancing else "recovering" if app.in_recovery else "running"
-        healthy = state == "running"
-        return self.json({"status": "ok" if healthy else state}, status=200 if healthy else 503)
-
-
-if web_state.credentials.locked:
-    log.warning(
-        "web view locked: set STUDYSTREAM_WEB_TOKEN or STUDYSTREAM_WEB_BASIC_USER/_PASSWORD "
-        "(or STUDYSTREAM_WEB_AUTH_DISABLED=true for local development)"
-    )
-
-__all__ = ["web_state"]
+    @app.on_worker_init.connect
+    def warn_if_locked(sender: faust.App, **_: Any) -> None:
+        if web_state.credentials.locked:
+            log.warning(
+                "web view locked: set STUDYSTREAM_WEB_TOKEN or STUDYSTREAM_WEB_BASIC_USER/_PASSWORD "
+                "(or STUDYSTREAM_WEB_AUTH_DISABLED=true for local development)"
+            )

@@ -9,88 +9,19 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.settings import Settings
-from domain.events import CodedValue, InstanceEvent, encode_instance_event
+from domain.events import InstanceEvent, encode_instance_event
 from domain.ready import StudyReady, decode_study_ready
-from tests.conftest import ROOT, create_test_topics, free_port, pipeline_settings, unique_uid, wait_for, worker_env
+from tests.conftest import ROOT, create_test_topics, free_port, pipeline_settings, wait_for, worker_env
+from tests.factories import CT_IMAGE_STORAGE, SyntheticStudy, interleave, make_event  # noqa: F401 - re-exported
 
 STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 WORKER_START_TIMEOUT = 180.0  # a loaded 2-core CI machine can take minutes for a first rebalance
-
-
-# --- Event factories -----------------------------------------------------------------------------
-
-
-def make_event(
-    study_uid: str, series_uid: str, number: int, *, series_number: int = 1, **overrides: object
-) -> InstanceEvent:
-    """An instance event as the receiver would publish it (synthetic patient, CT)."""
-    event = InstanceEvent(
-        study_uid=study_uid,
-        series_uid=series_uid,
-        sop_instance_uid=f"{series_uid}.{number}",
-        sop_class_uid=CT_IMAGE_STORAGE,
-        instance_number=number,
-        series_number=series_number,
-        modality="CT",
-        study_date="20240501",
-        study_time="101500",
-        study_description="CT CHEST",
-        accession_number="ACC" + study_uid[-6:],
-        accession_issuer="urn:oid:1.2.3",
-        referring_physician="Referrer^Ray",
-        procedure_codes=(CodedValue("71250", "CPT", "CT chest"),),
-        institution="Test Hospital",
-        patient_id="PID" + study_uid[-6:],
-        issuer_of_patient_id="HOSP",
-        patient_name="Test^Patient",
-        birth_date="19700101",
-        sex="F",
-        series_description=f"Series {series_number}",
-        body_part_examined="CHEST",
-        manufacturer="ACME",
-        model="Scanner 1",
-        received_at=datetime.now(UTC).isoformat(),
-    )
-    return replace(event, **overrides) if overrides else event
-
-
-@dataclass
-class SyntheticStudy:
-    """A study of ``series`` series × ``per_series`` instances, each SOP UID derived from its series UID."""
-
-    series: int
-    per_series: int
-    uid: str = field(default_factory=unique_uid)
-
-    def series_uid(self, index: int) -> str:
-        return f"{self.uid}.{index + 1}"
-
-    def events(self) -> list[InstanceEvent]:
-        return [
-            make_event(self.uid, self.series_uid(s), n + 1, series_number=s + 1)
-            for s in range(self.series)
-            for n in range(self.per_series)
-        ]
-
-    @property
-    def instance_count(self) -> int:
-        return self.series * self.per_series
-
-
-def interleave(*lists: Sequence[InstanceEvent]) -> list[InstanceEvent]:
-    out: list[InstanceEvent] = []
-    for i in range(max(len(seq) for seq in lists)):
-        out.extend(seq[i] for seq in lists if i < len(seq))
-    return out
 
 
 # --- Kafka I/O -----------------------------------------------------------------------------------

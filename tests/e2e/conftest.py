@@ -257,7 +257,7 @@ class E2E:
         return "\n".join(lines)
 
     def bundle_path(self, study_uid: str, revision: int) -> Path:
-        return self.settings.bundles_dir / bundle_file_name(study_uid, revision)
+        return self.settings.bundles_dir / bundle_file_name(study_uid, (1, revision))
 
     # --- the verdict ---
 
@@ -327,7 +327,6 @@ def e2e_settings(kafka: Settings, fhir_base_url: str, tmp: Path, **overrides: An
         uploader_backoff_max=1.0,
         uploader_inline_budget=3.0,
         uploader_retry_hold_max=1.0,
-        uploader_max_attempts=200,
         web_auth_disabled=True,
         web_refresh_seconds=0,
     )

@@ -3,8 +3,10 @@ and 0 duplicate FHIR resources (and no patient data in any log)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from scu import synth
@@ -138,13 +140,16 @@ def test_fhir_server_unreachable_during_uploads_then_back(e2e: E2E, tmp_path: Pa
         assert e2e.storescu(tmp_path / "in") == len(files)
         wait_for(lambda: {r.study_uid for r in ready.ready} >= set(studies), 30, what="every study ready")
         wait_for(
-            lambda: e2e.worker_metric(*UPLOADER_METRICS, "retry") >= 2 * len(studies),
+            lambda: e2e.worker_metric(*UPLOADER_METRICS, "transient") >= 2 * len(studies),
             60,
             what="uploads retried while the FHIR server is unreachable",
         )
         assert not any(e2e.fhir.studies(uid) for uid in studies), "nothing can be on FHIR yet"
         rows = e2e.web_studies()
         assert all(rows[uid]["status"] == "ready" for uid in studies), {u: rows[u]["status"] for u in studies}
+        # The outage shows: every study parked, on the API and in /metrics (the oldest one's age).
+        outage = wait_for(lambda: _outage(e2e) if _outage(e2e)[0] == len(studies) else None, 30, what="parked")
+        assert outage[1] > 0
         e2e.fhir.proxy.enable()
 
         e2e.wait_all(studies)
@@ -172,3 +177,16 @@ def test_one_of_two_workers_stopped_mid_stream_the_other_takes_over(e2e: E2E, tm
     acknowledged = {sop for s in studies.values() for sop in s.instances}
     e2e.assert_nothing_lost_nothing_duplicated(studies, len(files), acknowledged, "one of two workers stopped")
     e2e.assert_no_phi_in_logs()
+
+
+def _outage(e2e: E2E) -> tuple[int, float]:
+    """(parked study revisions, oldest parked age) summed over the live workers' /uploader/metrics."""
+    parked, oldest = 0, 0.0
+    for worker in e2e.workers:
+        if worker.exited():
+            continue
+        text = httpx.get(f"http://127.0.0.1:{worker.web_port}/uploader/metrics", timeout=15).text
+        parked += int(float(re.search(r"^studystream_uploader_parked_studies ([0-9.e+]+)$", text, re.M).group(1)))
+        age = float(re.search(r"^studystream_uploader_oldest_parked_seconds ([0-9.e+]+)$", text, re.M).group(1))
+        oldest = max(oldest, age)
+    return parked, oldest

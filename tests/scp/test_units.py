@@ -166,9 +166,9 @@ def _event(study: str, sop: str, path: Path, sha: str) -> InstanceEvent:
 
 def test_outbox_holds_back_in_flight_rows_and_keeps_study_order(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    a1 = outbox.add(_event("1.1", "1.1.1", tmp_path / "a1", "x"))
-    b1 = outbox.add(_event("1.2", "1.2.1", tmp_path / "b1", "x"))
-    a2 = outbox.add(_event("1.1", "1.1.2", tmp_path / "a2", "x"))
+    a1 = outbox.add(_event("1.1", "1.1.1", tmp_path / "a1", "0" * 64))
+    b1 = outbox.add(_event("1.2", "1.2.1", tmp_path / "b1", "0" * 64))
+    a2 = outbox.add(_event("1.1", "1.1.2", tmp_path / "a2", "0" * 64))
     outbox.release(b1)
     outbox.release(a2)
 
@@ -210,7 +210,7 @@ def test_outboxes_of_slots_no_longer_running_are_moved_into_slot_0(tmp_path: Pat
     for slot, sops in ((1, ["1.1.1", "1.1.2"]), (2, ["1.2.1"]), (3, ["1.3.1"])):
         outbox = Outbox(outbox_path(settings, slot))
         for sop in sops:
-            outbox.release(outbox.add(_event(sop.rsplit(".", 1)[0], sop, tmp_path / sop, "x")))
+            outbox.release(outbox.add(_event(sop.rsplit(".", 1)[0], sop, tmp_path / sop, "0" * 64)))
         outbox.close()
 
     moved = adopt_orphan_outboxes(settings, processes=2)  # slots 0 and 1 will run; 2 and 3 will not

@@ -152,7 +152,8 @@ def pipeline(kafka: Settings, fhir: Settings, tmp_path_factory: pytest.TempPathF
         uploader_backoff_max=1.0,
         uploader_inline_budget=3.0,
         uploader_retry_hold_max=1.0,
-        uploader_max_attempts=60,
+        uploader_conflict_attempts=4,
+        uploader_outage_report_interval=2.0,
     )
     asyncio.run(
         create_test_topics(

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
+from urllib.parse import quote
 
+import httpx
 import orjson
 import pytest
+from msgspec.structs import replace
 
-from agents.uploader import StudyUploader
+from agents.uploader import StudyWriter, UploaderMetrics
 from app.settings import Settings
-from domain import fhir_mapping
+from domain import dead_letters, fhir_mapping
+from domain import upload as rules
 from domain.fhir_mapping import MappingOptions, stored_mapping_version, stored_revision
 from domain.fhir_values import EN_REPRESENTATION
-from domain.ready import ReadySeries
 from tests.conftest import unique_uid, wait_for
 from tests.uploader.conftest import Pipeline, wait_metric
-from tests.uploader.factories import make_ready
+from tests.uploader.factories import make_ready, with_counts
 
 ISSUER_SYSTEM = "urn:studystream:issuer:HOSP"
 OPTIONS = MappingOptions()
@@ -45,7 +47,7 @@ def test_three_series_study_becomes_one_valid_imaging_study_with_its_patient(pip
         (f"{ready.study_uid}.3", 1, "SR"),
     ]
     assert [i["uid"] for i in study["series"][0]["instance"]] == [f"{ready.study_uid}.1.{n}" for n in (1, 2, 3)]
-    assert stored_revision(study, OPTIONS) == 1
+    assert stored_revision(study, OPTIONS) == (1, 1)
 
     (patient,) = pipeline.patients(ISSUER_SYSTEM, patient_id)
     assert study["subject"]["reference"] == f"Patient/{patient['id']}"
@@ -67,7 +69,9 @@ def test_redelivery_old_revision_and_revision_2_keep_one_study_updated_in_place(
     pipeline.produce([second])
     updated = pipeline.wait_study(uid, instances=3)
     assert updated["id"] == created["id"]  # updated in place
-    assert stored_revision(updated, OPTIONS) == 2
+    assert stored_revision(updated, OPTIONS) == (1, 2)
+    # The tag of revision 1 is removed right after the update, not carried over for good.
+    wait_for(lambda: _revision_tags(pipeline.studies(uid)[0]) == ["1.2"], 30, what="one revision tag")
 
     skipped = pipeline.metric("skipped")
     pipeline.produce([second, first])  # redelivery, and an old revision replayed
@@ -75,39 +79,42 @@ def test_redelivery_old_revision_and_revision_2_keep_one_study_updated_in_place(
 
     (study,) = pipeline.studies(uid)
     assert study["meta"]["versionId"] == updated["meta"]["versionId"]
-    assert study["numberOfInstances"] == 3 and stored_revision(study, OPTIONS) == 2
+    assert study["numberOfInstances"] == 3 and stored_revision(study, OPTIONS) == (1, 2)
     assert len(pipeline.patients(ISSUER_SYSTEM, patient_id)) == 1
 
 
 def test_old_revision_is_not_written_over_a_higher_one_found_on_the_server(pipeline: Pipeline) -> None:
     """Without the outcomes table's help (e.g. a replay after its state was reset): the server's tag decides."""
-    uploader = StudyUploader(_direct(pipeline), None)  # type: ignore[arg-type]  # upload() needs no table
+    writer = _writer(pipeline)
     uid = unique_uid()
     newer = make_ready(uid, patient_id=new_patient_id(), revision=3, series=(("CT", "CHEST", 4),))
-    older = dataclasses.replace(newer, revision=2, series=newer.series[:1])
+    older = with_counts(
+        replace(newer, revision=2, series=(replace(newer.series[0], instances=newer.series[0].instances[:1]),))
+    )
+    next_generation = with_counts(replace(older, generation=2, revision=1))
 
-    async def run() -> tuple[str, str]:
+    async def run() -> list[str]:
         try:
-            published = await uploader.upload(newer, 0)
-            replayed = await uploader.upload(older, 0)
-            return published.kind, replayed.kind
+            return [_kind(await writer.upload(r, 0, 0)) for r in (newer, older, next_generation)]
         finally:
-            await uploader.client.close()
+            await writer.client.close()
 
-    assert asyncio.run(run()) == ("published", "superseded")
+    # A revision of a later state generation (after `replay --reset-state`) comes after every older one.
+    assert asyncio.run(run()) == ["published", "superseded", "published"]
     (study,) = pipeline.studies(uid)
-    assert stored_revision(study, OPTIONS) == 3 and study["numberOfInstances"] == 4
+    assert stored_revision(study, OPTIONS) == (2, 1) and study["numberOfInstances"] == 1
+    assert _revision_tags(study) == ["2.1"]
 
 
 def test_a_revision_written_by_an_older_mapping_is_written_again(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What replaying imaging.study.ready after a mapping fix relies on: same revision, newer mapping."""
-    uploader = StudyUploader(_direct(pipeline), None)  # type: ignore[arg-type]  # upload() needs no table
+    writer = _writer(pipeline)
     ready = make_ready(unique_uid(), patient_id=new_patient_id(), revision=1, series=(("CT", "CHEST", 2),))
 
     async def upload() -> str:
-        return (await uploader.upload(ready, 0)).kind
+        return _kind(await writer.upload(ready, 0, 0))
 
     async def run() -> list[str]:
         try:
@@ -116,7 +123,7 @@ def test_a_revision_written_by_an_older_mapping_is_written_again(
                 first = await upload()
             return [first, await upload(), await upload()]
         finally:
-            await uploader.client.close()
+            await writer.client.close()
 
     assert asyncio.run(run()) == ["published", "published", "superseded"]
     (study,) = pipeline.studies(ready.study_uid)
@@ -131,6 +138,22 @@ def _direct(pipeline: Pipeline) -> Settings:
     )
 
 
+def _writer(pipeline: Pipeline) -> StudyWriter:
+    """What the uploader agent writes with, without Kafka or its table."""
+    return StudyWriter(_direct(pipeline), UploaderMetrics(lambda: (0, 0.0)))
+
+
+def _kind(result: tuple[object, rules.AttemptCounts, rules.Step]) -> str:
+    attempt, _, step = result
+    if step.action is not rules.Action.DONE:
+        return step.action.value
+    return "superseded" if attempt.superseded else "published"  # type: ignore[attr-defined]
+
+
+def _revision_tags(resource: dict) -> list[str]:
+    return [t["code"] for t in resource["meta"]["tag"] if t["system"] == OPTIONS.revision_tag_system]
+
+
 def test_two_new_studies_of_one_new_patient_at_once_yield_one_patient(pipeline: Pipeline) -> None:
     # Through the worker: both studies produced at once.
     patient_id = new_patient_id()
@@ -141,20 +164,20 @@ def test_two_new_studies_of_one_new_patient_at_once_yield_one_patient(pipeline: 
     assert study_a["subject"]["reference"] == study_b["subject"]["reference"] == f"Patient/{patient['id']}"
 
     # Truly concurrent (as two workers would be): four uploads of one new patient at the same moment.
-    uploader = StudyUploader(_direct(pipeline), None)  # type: ignore[arg-type]
+    writer = _writer(pipeline)
     patient_id = new_patient_id()
     studies = [make_ready(patient_id=patient_id) for _ in range(4)]
 
     async def run() -> list:
         try:
-            return await asyncio.gather(*(uploader.upload(s, 0) for s in studies))
+            return await asyncio.gather(*(writer.upload(s, 0, 0) for s in studies))
         finally:
-            await uploader.client.close()
+            await writer.client.close()
 
     results = asyncio.run(run())
-    assert [r.kind for r in results] == ["published"] * 4
+    assert [_kind(r) for r in results] == ["published"] * 4
     # Whether HAPI raced (409 to the losers, then retried) depends on timing; one Patient is the promise.
-    print(f"attempts for 4 concurrent first uploads of one patient: {sum(r.attempts for r in results)}")
+    print(f"attempts for 4 concurrent first uploads of one patient: {sum(r[1].total for r in results)}")
     (patient,) = pipeline.patients(ISSUER_SYSTEM, patient_id)
     for study in studies:
         (stored,) = pipeline.studies(study.study_uid)
@@ -179,11 +202,68 @@ def test_fhir_server_unreachable_during_upload_then_back_delivers_once(pipeline:
     assert len(pipeline.patients(ISSUER_SYSTEM, patient_id)) == 1
 
 
-def test_rejected_bundle_goes_to_dlq_with_operation_outcome_and_later_studies_pass(pipeline: Pipeline) -> None:
-    bad = make_ready(patient_id=new_patient_id())
-    # Series number beyond DICOM IS's 32-bit range: HAPI refuses to parse the bundle (HTTP 400).
-    out_of_range = dataclasses.replace(bad.series[0].info, number=3_000_000_000)
-    bad = dataclasses.replace(bad, series=(ReadySeries(out_of_range, bad.series[0].instances),))
+def test_fhir_down_far_longer_than_any_attempt_budget_parks_the_study_visibly_and_delivers_it_once_back(
+    pipeline: Pipeline,
+) -> None:
+    ready = make_ready(patient_id=new_patient_id())
+    dead_before = len(pipeline.dlq.messages)
+    transient_before = pipeline.metric("transient", "studystream_uploader_attempts_total", "verdict")
+    pipeline.proxy.disable()
+    try:
+        pipeline.produce([ready])
+        # 25 s of attempts at a 1 s backoff cap: far more than the 12 attempts that used to end in the DLQ.
+        wait_for(
+            lambda: (
+                pipeline.metric("transient", "studystream_uploader_attempts_total", "verdict") >= transient_before + 15
+            ),
+            90,
+            what="15 more attempts while the server is away",
+        )
+        oldest = float(_metric_line(pipeline, "studystream_uploader_oldest_parked_seconds"))
+        assert oldest >= 5 and float(_metric_line(pipeline, "studystream_uploader_parked_studies")) >= 1
+        assert "FHIR upload outage: 1 study revision(s) parked" in pipeline.worker.log()
+        assert pipeline.studies(ready.study_uid) == []
+    finally:
+        pipeline.proxy.enable()
+    study = pipeline.wait_study(ready.study_uid)
+    assert len(pipeline.studies(ready.study_uid)) == 1 and study["numberOfInstances"] == 2
+    assert [m for m in pipeline.dlq.messages[dead_before:] if m[0] == ready.study_uid.encode()] == []
+    wait_for(lambda: float(_metric_line(pipeline, "studystream_uploader_parked_studies")) == 0, 30, what="unparked")
+
+
+def _metric_line(pipeline: Pipeline, name: str) -> str:
+    text = httpx.get(f"http://127.0.0.1:{pipeline.worker.web_port}/uploader/metrics", timeout=5).text
+    return next(line.split()[1] for line in text.splitlines() if line.startswith(f"{name} "))
+
+
+def test_patient_ids_with_search_syntax_characters_each_get_their_own_patient(pipeline: Pipeline) -> None:
+    issuer = f"TOK{uuid.uuid4().hex[:10]}"  # this run's own identifier system: the IDs themselves are fixed
+    ids = ["12,34", "12", "34", "a|b", "$1", "p q", "back\\slash"]
+    records = [make_ready(patient_id=pid, issuer=issuer) for pid in ids]
+    pipeline.produce(records)
+    system = f"urn:studystream:issuer:{issuer}"
+    for pid, record in zip(ids, records, strict=True):
+        study = pipeline.wait_study(record.study_uid)
+        escaped = pid.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+        (patient,) = pipeline.search("Patient", f"identifier={quote(system)}|{quote(escaped)}")
+        assert patient["identifier"][0]["value"] == pid
+        assert study["subject"]["reference"] == f"Patient/{patient['id']}", pid
+    subjects = {pipeline.studies(r.study_uid)[0]["subject"]["reference"] for r in records}
+    assert len(subjects) == len(ids)
+
+
+def test_a_conflict_that_never_resolves_is_dead_lettered_after_its_retries_with_the_cause(pipeline: Pipeline) -> None:
+    """Two Patients with one identifier, made outside StudyStream: every conditional create is answered 412."""
+    duplicated = f"DUP{uuid.uuid4().hex[:12]}"
+    for _ in range(2):
+        created = httpx.post(
+            f"{pipeline.fhir_url}/Patient",
+            json={"resourceType": "Patient", "identifier": [{"system": ISSUER_SYSTEM, "value": duplicated}]},
+            headers={"Content-Type": "application/fhir+json"},
+            timeout=30,
+        )
+        assert created.status_code == 201
+    bad = make_ready(patient_id=duplicated)
     good = make_ready(patient_id=new_patient_id())
     pipeline.produce([bad])
     pipeline.produce([good])
@@ -191,15 +271,24 @@ def test_rejected_bundle_goes_to_dlq_with_operation_outcome_and_later_studies_pa
     def dead_lettered() -> list:
         return [m for m in pipeline.dlq.messages if m[0] == bad.study_uid.encode()]
 
-    ((_, value, headers, _),) = wait_for(dead_lettered, 60, what="the rejected study in the DLQ")
-    assert headers["studystream-stage"] == b"uploader"
-    assert headers["studystream-http-status"] == b"400"
-    outcome = orjson.loads(headers["studystream-operation-outcome"])
+    ((_, value, headers, _),) = wait_for(dead_lettered, 90, what="the conflicting study in the DLQ")
+    assert headers[dead_letters.STAGE] == b"uploader"
+    assert headers[dead_letters.REASON] == b"fhir_conflict"
+    assert headers[dead_letters.HTTP_STATUS] == b"412"
+    message = headers[dead_letters.MESSAGE].decode()
+    conflicts = pipeline.settings.uploader_conflict_attempts
+    assert f"after {conflicts} conflicting attempts" in message and "HAPI-0958" in message
+    assert duplicated not in message  # the server's diagnostics quote the identifier: detail header only
+    assert duplicated.encode() in headers[dead_letters.DETAIL]
+    due = f"{pipeline.settings.app_id}-upload-due".encode()  # parked between its attempts: back through the due topic
+    assert headers[dead_letters.SOURCE_TOPIC] in (pipeline.settings.topic_ready.encode(), due)
+    outcome = orjson.loads(headers[dead_letters.OPERATION_OUTCOME])
     assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["severity"] == "error"
-    assert orjson.loads(value)["study_uid"] == bad.study_uid  # the original record, to replay once fixed
+    assert orjson.loads(value)["study_uid"] == bad.study_uid  # the original record, to redrive once fixed
 
     pipeline.wait_study(good.study_uid)
     assert pipeline.studies(bad.study_uid) == []
+    assert duplicated not in pipeline.worker.log()
 
 
 def test_japanese_and_korean_names_become_one_human_name_per_component_group(pipeline: Pipeline) -> None:

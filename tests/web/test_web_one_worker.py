@@ -114,7 +114,8 @@ def test_dead_letters_are_listed_with_their_reason(one_worker: tuple[WebCluster,
         return next((r for r in rows if r["study_uid"] == uid), None)
 
     row = wait_for(dead_letter, 30, interval=0.5, what="the dead letter in /api/dlq")
-    assert row["stage"] == "aggregator" and row["reason"].startswith("not JSON")
+    assert (row["stage"], row["reason"]) == ("aggregator", "not_json")
+    assert row["message"].startswith("instance event: not JSON")
     assert row["source"].startswith(f"{cluster.settings.topic_raw}[") and row["value_bytes"] == len(b"{not json")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from msgspec.structs import replace
+
 from domain.study import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo, StudyStatus
 from domain.upload import UploadOutcome, UploadStatus
 from web import html, render
@@ -24,7 +26,7 @@ def header(**changes: object) -> StudyHeader:
         last_received="2027-01-15T08:00:00.000Z",
         last_wall_time=NOW - 10,
     )
-    return dataclasses.replace(base, **changes)
+    return replace(base, **changes)
 
 
 def outcome(status: UploadStatus, revision: int, published_revision: int) -> UploadOutcome:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from domain.fhir_mapping import (
     MAPPING_VERSION,
@@ -16,11 +15,16 @@ from domain.fhir_mapping import (
     build_patient,
     build_transaction_bundle,
     bundle_file_name,
+    escape_token,
     full_url,
     is_newer,
+    meta_delete_parameters,
+    outdated_tags,
     patient_identifier,
     stored_mapping_version,
     stored_revision,
+    studystream_tags,
+    token_query,
 )
 from domain.fhir_values import EN_REPRESENTATION, fhir_datetime, human_names, issuer_system
 from domain.study import PatientInfo
@@ -44,7 +48,11 @@ EXPECTED_STUDY = {
     "resourceType": "ImagingStudy",
     "meta": {
         "tag": [
-            {"system": "urn:studystream:study-revision", "code": "3", "display": "StudyStream revision 3"},
+            {
+                "system": "urn:studystream:study-revision",
+                "code": "1.3",
+                "display": "StudyStream revision 3 (state generation 1)",
+            },
             {"system": "urn:studystream:mapping-version", "code": "1", "display": "StudyStream FHIR mapping version 1"},
         ]
     },
@@ -154,7 +162,7 @@ def test_without_dicomweb_base_url_there_is_no_endpoint() -> None:
 
 
 def test_known_stored_study_is_updated_by_id_with_if_match() -> None:
-    bundle = build_transaction_bundle(small_study(), OPTIONS, StoredStudy(id="42", version="7", revision=2))
+    bundle = build_transaction_bundle(small_study(), OPTIONS, StoredStudy(id="42", version="7", revision=(1, 2)))
     entry = bundle["entry"][-1]
     assert entry["request"] == {"method": "PUT", "url": "ImagingStudy/42", "ifMatch": 'W/"7"'}
     assert entry["resource"]["id"] == "42"
@@ -229,13 +237,13 @@ def test_name_components_middle_prefix_suffix() -> None:
     ("sex", "gender"), [("M", "male"), ("F", "female"), ("O", "other"), ("", "unknown"), ("X", "unknown")]
 )
 def test_gender(sex: str, gender: str) -> None:
-    ready = dataclasses.replace(make_ready(), patient=PatientInfo(id="P", sex=sex))
+    ready = replace(make_ready(), patient=PatientInfo(id="P", sex=sex))
     assert build_patient(ready, OPTIONS).as_json()["gender"] == gender
 
 
 def test_patient_identifier_systems() -> None:
     def system(issuer: str) -> str:
-        ready = dataclasses.replace(make_ready(), patient=PatientInfo(id="P1", issuer=issuer))
+        ready = replace(make_ready(), patient=PatientInfo(id="P1", issuer=issuer))
         return patient_identifier(ready, MappingOptions(default_patient_system="urn:oid:9.9"))[0]
 
     assert system("") == "urn:oid:9.9"
@@ -246,17 +254,32 @@ def test_patient_identifier_systems() -> None:
 
 
 def test_patient_without_id_is_a_patient_of_the_study() -> None:
-    ready = dataclasses.replace(make_ready(STUDY_UID), patient=PatientInfo(name="Doe^John"))
+    ready = replace(make_ready(STUDY_UID), patient=PatientInfo(name="Doe^John"))
     bundle = build_transaction_bundle(ready, OPTIONS)
     assert bundle["entry"][0]["request"]["ifNoneExist"] == (
         f"identifier=urn:studystream:patient-of-study|urn:oid:{STUDY_UID}"
     )
 
 
-def test_identifier_values_are_url_encoded_in_conditions() -> None:
-    ready = dataclasses.replace(make_ready(), patient=PatientInfo(id="A|B&C D", issuer="HOSP"))
+@pytest.mark.parametrize(
+    ("patient_id", "encoded"),
+    [
+        ("A|B&C D", "A%5C%7CB%26C%20D"),  # '|' escaped as '\|' before URL encoding
+        ("12,34", "12%5C%2C34"),  # a comma is an OR to the server unless escaped
+        ("$1", "%5C%241"),
+        ("back\\slash", "back%5C%5Cslash"),
+        ("p q", "p%20q"),
+    ],
+)
+def test_identifier_values_are_escaped_then_url_encoded_in_conditions(patient_id: str, encoded: str) -> None:
+    ready = replace(make_ready(), patient=PatientInfo(id=patient_id, issuer="HOSP"))
     condition = build_transaction_bundle(ready, OPTIONS)["entry"][0]["request"]["ifNoneExist"]
-    assert condition == "identifier=urn:studystream:issuer:HOSP|A%7CB%26C%20D"
+    assert condition == f"identifier=urn:studystream:issuer:HOSP|{encoded}"
+
+
+def test_token_escaping_covers_every_special_character_of_fhir_search() -> None:
+    assert escape_token("a\\b,c|d$e") == "a\\\\b\\,c\\|d\\$e"
+    assert token_query("urn:x|y", "v") == "identifier=urn:x%5C%7Cy|v"  # systems are escaped too
 
 
 @pytest.mark.parametrize(
@@ -287,25 +310,57 @@ def test_stored_revision_is_the_highest_tag_of_the_system() -> None:
             ]
         }
     }
-    assert stored_revision(resource, OPTIONS) == 3
-    assert stored_revision({}, OPTIONS) == 0
+    assert stored_revision(resource, OPTIONS) == (1, 3)
+    assert stored_revision({}, OPTIONS) == (0, 0)
+    generations = {
+        "meta": {
+            "tag": [
+                {"system": "urn:studystream:study-revision", "code": "7"},  # written before generations: (1, 7)
+                {"system": "urn:studystream:study-revision", "code": "2.1"},
+                {"system": "urn:studystream:study-revision", "code": "x.1"},
+            ]
+        }
+    }
+    assert stored_revision(generations, OPTIONS) == (2, 1)
 
 
 def test_a_revision_is_newer_than_a_lower_one_or_the_same_one_from_an_older_mapping() -> None:
-    stored = StoredStudy("42", "3", revision=2, mapping_version=1)
-    assert is_newer(3, stored, mapping_version=1)
-    assert is_newer(2, stored, mapping_version=2)  # the same revision, a fixed mapping: write it again
-    assert not is_newer(2, stored, mapping_version=1)
-    assert not is_newer(1, stored, mapping_version=9)  # never a lower revision, whatever the mapping
-    assert is_newer(1, None)
+    stored = StoredStudy("42", "3", revision=(1, 2), mapping_version=1)
+    assert is_newer((1, 3), stored, mapping_version=1)
+    assert is_newer((1, 2), stored, mapping_version=2)  # the same revision, a fixed mapping: write it again
+    assert not is_newer((1, 2), stored, mapping_version=1)
+    assert not is_newer((1, 1), stored, mapping_version=9)  # never a lower revision, whatever the mapping
+    assert is_newer((2, 1), stored, mapping_version=1)  # a new state generation comes after every older revision
+    assert is_newer((1, 1), None)
     untagged = {"meta": {"tag": [{"system": "urn:studystream:study-revision", "code": "2"}]}}
     assert stored_mapping_version(untagged) == 0
     tags = build_imaging_study(make_ready(), OPTIONS, "Patient/1").meta.tag
     assert [(t.system, t.code) for t in tags] == [
-        ("urn:studystream:study-revision", "1"),
+        ("urn:studystream:study-revision", "1.1"),
         (MAPPING_VERSION_TAG_SYSTEM, str(MAPPING_VERSION)),
     ]
 
 
+def test_tags_carried_over_from_earlier_versions_are_named_for_removal() -> None:
+    resource = {
+        "meta": {
+            "tag": [
+                {"system": "urn:studystream:study-revision", "code": "1.1"},
+                {"system": "urn:studystream:study-revision", "code": "1.2"},
+                {"system": MAPPING_VERSION_TAG_SYSTEM, "code": str(MAPPING_VERSION)},
+                {"system": "someone-else", "code": "keep"},
+            ]
+        }
+    }
+    stored = StoredStudy("42", "3", stored_revision(resource, OPTIONS), 1, studystream_tags(resource, OPTIONS))
+    written = build_imaging_study(make_ready(revision=3), OPTIONS, "Patient/1").as_json()
+    assert outdated_tags(stored, written, OPTIONS) == [
+        {"system": "urn:studystream:study-revision", "code": "1.1"},
+        {"system": "urn:studystream:study-revision", "code": "1.2"},
+    ]
+    assert meta_delete_parameters([{"system": "s", "code": "c"}])["parameter"][0]["valueMeta"]["tag"][0]["code"] == "c"
+
+
 def test_bundle_file_name() -> None:
-    assert bundle_file_name(STUDY_UID, 2) == f"{STUDY_UID}-r2.json"
+    assert bundle_file_name(STUDY_UID, (1, 2)) == f"{STUDY_UID}-r2.json"
+    assert bundle_file_name(STUDY_UID, (3, 2)) == f"{STUDY_UID}-g3-r2.json"

@@ -1,0 +1,132 @@
+"""One aggregator batch: the studies its records touch, over what the tables hold (pure).
+
+The agent reads a batch of imaging.raw records, applies each to a :class:`BatchState` (reads see the
+batch's own changes), and writes what changed once, when the batch ends. The table reads come from a
+:class:`StateReader` (the study tables in the worker, dicts in tests), so the whole rule — including how
+a batch replayed after a crash lands exactly where the first run would have — is testable without Kafka.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from domain import study as domain
+from domain.errors import InvalidRecordError
+from domain.events import CommitmentRequest, InstanceEvent
+
+
+class StateReader(Protocol):
+    def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None: ...
+
+    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> domain.InstanceInfo | None: ...
+
+    def series_info(self, study_uid: str, series_uid: str, partition: int) -> domain.SeriesInfo | None: ...
+
+
+@dataclass(slots=True)
+class PendingStudy:
+    """What a batch changed in one study, written once when the batch ends."""
+
+    header: domain.StudyHeader
+    instances: dict[str, domain.InstanceInfo] = field(default_factory=dict)  # to write
+    series: dict[str, domain.SeriesInfo] = field(default_factory=dict)  # to write
+    known_series: dict[str, domain.SeriesInfo] = field(default_factory=dict)  # as stored after the batch
+    opened_revision: bool = False
+
+
+class BatchState:
+    """The studies a batch touched; reads fall through to ``reader`` for what the batch did not change."""
+
+    def __init__(self, reader: StateReader) -> None:
+        self.reader = reader
+        self.studies: dict[str, PendingStudy] = {}
+
+    def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
+        pending = self.studies.get(study_uid)
+        return pending.header if pending is not None else self.reader.header(study_uid, partition)
+
+    def instance(self, study_uid: str, sop_uid: str, partition: int) -> domain.InstanceInfo | None:
+        pending = self.studies.get(study_uid)
+        if pending is not None and sop_uid in pending.instances:
+            return pending.instances[sop_uid]
+        return self.reader.instance_info(study_uid, sop_uid, partition)
+
+    def series(self, study_uid: str, series_uid: str, partition: int) -> domain.SeriesInfo | None:
+        pending = self.studies.get(study_uid)
+        if pending is not None and series_uid in pending.known_series:
+            return pending.known_series[series_uid]
+        return self.reader.series_info(study_uid, series_uid, partition)
+
+    def apply(self, update: domain.StudyUpdate) -> None:
+        uid = update.header.study.uid
+        pending = self.studies.get(uid)
+        if pending is None:
+            pending = self.studies[uid] = PendingStudy(update.header)
+        pending.header = update.header
+        if update.instance is not None:
+            pending.instances[update.instance.uid] = update.instance
+        if update.series is not None:
+            pending.series[update.series.uid] = update.series
+            pending.known_series[update.series.uid] = update.series
+        pending.opened_revision = pending.opened_revision or update.opened_revision
+
+    def set_header(self, header: domain.StudyHeader) -> None:
+        pending = self.studies.get(header.study.uid)
+        if pending is None:
+            self.studies[header.study.uid] = PendingStudy(header)
+        else:
+            pending.header = header
+
+
+def apply_event(
+    batch: BatchState, event: InstanceEvent, at: domain.Reception, max_instances: int
+) -> domain.StudyUpdate | None:
+    """Apply one instance event to the batch; ``None`` when it changes nothing (a repeat).
+
+    A study past ``max_instances`` is refused (its ready record must fit one Kafka message).
+    """
+    study_uid, partition = event.study_uid, at.partition
+    header = batch.header(study_uid, partition)
+    known_instance = batch.instance(study_uid, event.sop_instance_uid, partition)
+    if (
+        header is not None
+        and known_instance is not None
+        and at.offset > header.applied_offset
+        and known_instance.source_offset <= header.applied_offset
+        and known_instance.first_offset <= header.applied_offset
+        and known_instance.same_content(domain.instance_from_event(event))
+    ):
+        return None  # the common repeat: no series read
+    known_series = batch.series(study_uid, event.series_uid, partition)
+    update = domain.apply_instance(header, known_series, known_instance, event, at)
+    if not update.changed:
+        return None
+    if update.header.instance_count > max_instances:
+        raise InvalidRecordError(
+            f"study has more than {max_instances} instances (aggregator_max_instances)", reason="too_many_instances"
+        )
+    batch.apply(update)
+    return update
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentOutcome:
+    """What a Storage Commitment request did to its study."""
+
+    known_study: bool
+    missing: int = 0  # instances it names that the study does not hold yet
+    changed: bool = False
+
+
+def apply_commitment(batch: BatchState, request: CommitmentRequest, partition: int, offset: int) -> CommitmentOutcome:
+    """A commitment request naming instances all in the study makes it ready at once (`request_commitment`)."""
+    header = batch.header(request.study_uid, partition)
+    if header is None:
+        return CommitmentOutcome(known_study=False)
+    missing = [sop for sop in request.sop_instance_uids if batch.instance(request.study_uid, sop, partition) is None]
+    committed = domain.request_commitment(header, missing, offset=offset)
+    if committed == header:
+        return CommitmentOutcome(known_study=True, missing=len(missing))
+    batch.set_header(committed)
+    return CommitmentOutcome(known_study=True, missing=len(missing), changed=True)
