@@ -159,6 +159,17 @@ class StudyAggregator:
     async def on_raw(self, event: Any, batch: BatchState) -> None:
         message = event.message
         partition = message.partition
+        expected = self.next_offset.get(partition)
+        if expected is not None and message.offset > expected:
+            # imaging.raw is neither compacted nor transactional: its offsets have no gaps of their own.
+            self.counters["skipped_by_consumer"] += message.offset - expected
+            log.warning(
+                "%s[%d]: offsets %d..%d were never delivered to the aggregator",
+                message.topic,
+                partition,
+                expected,
+                message.offset - 1,
+            )
         self.next_offset[partition] = message.offset + 1
         record = decode_raw_record(message.value)
         domain.check_key(record, message.key)

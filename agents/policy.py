@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -67,6 +68,15 @@ def source_of(message: Any) -> dead_letters.Source:
     return dead_letters.Source(str(message.topic), int(message.partition), int(message.offset))
 
 
+STOPPED_EXIT_STATUS = 75  # EX_TEMPFAIL: a supervisor should start the worker again
+
+
+def _exit_now() -> None:
+    log.error("worker stopped after an infrastructure failure (exit status %d)", STOPPED_EXIT_STATUS)
+    logging.shutdown()
+    os._exit(STOPPED_EXIT_STATUS)
+
+
 class WorkerStopping(Exception):
     """Raised into an agent after the policy stopped the worker: nothing more may be handled."""
 
@@ -98,10 +108,13 @@ class DeadLetterWriter:
 class MessagePolicy:
     """Holds, handles and releases the messages of one worker's agents; stops the worker on infrastructure failure."""
 
-    def __init__(self, app: faust.App, writer: DeadLetterWriter, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, app: faust.App, writer: DeadLetterWriter, clock: Callable[[], float], stop_timeout: float = 10.0
+    ) -> None:
         self.app = app
         self.writer = writer
         self.clock = clock
+        self.stop_timeout = stop_timeout
         self.timer_failures: Counter[str] = Counter()
         self.stopping = False
 
@@ -165,6 +178,9 @@ class MessagePolicy:
         """Stop the worker; the message in hand stays unacknowledged, so it is never committed. Does not return."""
         self.stopping = True
         log.error("%s: %s: %s; stopping the worker without committing it", what, type(exc).__name__, exc)
+        # Faust's own stop waits for every message to be acknowledged, which the held one never is: it
+        # gets `stop_timeout` to leave the group and close cleanly, then the process exits regardless.
+        asyncio.get_running_loop().call_later(self.stop_timeout, _exit_now)
         await self.app.crash(exc if isinstance(exc, Exception) else InfrastructureError(str(exc)))
         raise WorkerStopping(what) from exc
 

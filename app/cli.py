@@ -135,7 +135,7 @@ def _register_optional(module: str, names: tuple[str, ...]) -> None:
             cli.add_command(command)
 
 
-_register_optional("scp.cli", ("receive",))
+_register_optional("scp.cli", ("receive", "receiver"))
 _register_optional("scu.cli", ("send", "send_file", "echo", "synth"))
 _register_optional("app.replay_cli", ("replay",))
 _register_optional("app.redrive", ("redrive",))

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     aggregator_rocksdb_block_cache_bytes: int = Field(
         16 * 1024 * 1024, ge=1024 * 1024, description="RocksDB block cache per table partition (bytes)."
     )
+    worker_stop_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a worker stopping after an infrastructure failure gets to leave the group "
+        "cleanly before it exits (status 75) without committing the message it was handling.",
+    )
     aggregator_fault_point: Literal[
         "", "after_changelog_send", "after_changelog_ack", "after_ready_ack", "infrastructure_error"
     ] = Field(
@@ -241,6 +247,26 @@ class Settings(BaseSettings):
         15.0,
         gt=0,
         description="Seconds the receiver waits for a sender to answer a Storage Commitment result (N-EVENT-REPORT).",
+    )
+    receiver_commitment_record_max_uids: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Instances one storage_commitment record on imaging.raw names; a longer request is split "
+        "into parts (the aggregator waits for all of them).",
+    )
+    receiver_event_max_values: int = Field(
+        64, ge=1, le=1000, description="Values of one multi-valued attribute an instance event copies."
+    )
+    receiver_event_max_items: int = Field(
+        64, ge=1, le=256, description="Items of a sequence (procedure codes) an instance event copies."
+    )
+    receiver_event_unbounded_chars: int = Field(
+        10_240,
+        ge=64,
+        le=65_536,
+        description="Characters an instance event copies of an attribute whose VR has no maximum length "
+        "(UT, UC, UR, unknown); every other attribute is clipped to its VR's maximum (PS3.5 table 6.2-1).",
     )
     receiver_tls_cert: Path | None = Field(
         None,

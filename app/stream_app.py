@@ -150,7 +150,9 @@ def build_worker(settings: Settings, control: ControlState) -> Worker:
     channels = declare_uploader_channels(app, settings)
     store = TableStore(app, settings.aggregator_fault_point, settings.aggregator_fault_after_writes)
     dead_letters: Counter[tuple[str, str]] = Counter()
-    policy = MessagePolicy(app, DeadLetterWriter(topics.dlq, dead_letters), time.time)
+    policy = MessagePolicy(
+        app, DeadLetterWriter(topics.dlq, dead_letters), time.time, stop_timeout=settings.worker_stop_timeout
+    )
     tables = StudyTables(app, settings, store)
     outcomes = UploadOutcomes(app, settings, store)
     aggregator = aggregator_agent.StudyAggregator(

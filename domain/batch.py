@@ -125,7 +125,9 @@ def apply_commitment(batch: BatchState, request: CommitmentRequest, partition: i
     if header is None:
         return CommitmentOutcome(known_study=False)
     missing = [sop for sop in request.sop_instance_uids if batch.instance(request.study_uid, sop, partition) is None]
-    committed = domain.request_commitment(header, missing, offset=offset)
+    committed = domain.request_commitment(
+        header, missing, offset, transaction=request.transaction_uid, part=request.part, parts=request.parts
+    )
     if committed == header:
         return CommitmentOutcome(known_study=True, missing=len(missing))
     batch.set_header(committed)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
@@ -111,6 +112,35 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
     )
 
 
+# Maximum value lengths in characters by VR (PS3.5 table 6.2-1); PN per component group. VRs without a
+# fixed maximum (UT, UC, UR, unknown) are clipped to EventLimits.unbounded_chars.
+VR_MAX_CHARS = {
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "DT": 26,
+    "IS": 12,
+    "LO": 64,
+    "LT": 10240,
+    "PN": 64,
+    "SH": 16,
+    "ST": 1024,
+    "TM": 14,
+    "UI": 64,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """How much of a dataset an event may copy (see the ``receiver_event_*`` settings)."""
+
+    max_values: int = 64  # values of one multi-valued attribute
+    max_items: int = 64  # items of a sequence (procedure codes)
+    unbounded_chars: int = 10240  # UT, UC, UR and unknown VRs
+
+
 def _raw(ds: Dataset, keyword: str) -> Any:
     try:
         return ds.get(keyword)
@@ -118,23 +148,98 @@ def _raw(ds: Dataset, keyword: str) -> Any:
         return None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = _raw(ds, keyword)
-    if value is None:
-        return ""
-    if isinstance(value, PersonName):
-        return person_name(value)
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        return str(value).strip()
-    return "\\".join(str(item).strip() for item in value)
+def _max_chars(keyword: str, limits: EventLimits) -> int:
+    try:
+        vr = dictionary_VR(keyword)
+    except KeyError:
+        return limits.unbounded_chars
+    return VR_MAX_CHARS.get(vr, limits.unbounded_chars)
+
+
+class _Reader:
+    """Reads the attributes an event copies, each clipped to its VR's length; remembers what it clipped."""
+
+    def __init__(self, limits: EventLimits) -> None:
+        self.limits = limits
+        self.clipped: list[str] = []
+
+    def _clip(self, text: str, keyword: str, where: str, per_group: bool = False) -> str:
+        limit = _max_chars(keyword, self.limits)
+        if per_group:
+            groups = text.split("=")
+            clipped = "=".join(group[:limit] for group in groups[:3])
+            changed = clipped != text
+        else:
+            clipped = text[:limit]
+            changed = len(text) > limit
+        if changed and where not in self.clipped:
+            self.clipped.append(where)
+        return clipped
+
+    def _values(self, value: Any, where: str) -> list[Any]:
+        values = list(value)
+        if len(values) > self.limits.max_values:
+            if where not in self.clipped:
+                self.clipped.append(where)
+            values = values[: self.limits.max_values]
+        return values
+
+    def text(self, ds: Dataset | None, keyword: str, where: str = "") -> str:
+        where = where or keyword
+        value = _raw(ds, keyword) if ds is not None else None
+        if value is None:
+            return ""
+        if isinstance(value, PersonName):
+            return self._clip(person_name(value), keyword, where, per_group=True)
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            return self._clip(str(value).strip(), keyword, where)
+        return "\\".join(self._clip(str(item).strip(), keyword, where) for item in self._values(value, where))
+
+    def names(self, ds: Dataset, keyword: str) -> str:
+        value = _raw(ds, keyword)
+        if value is None:
+            return ""
+        if isinstance(value, PersonName | str):
+            return self._clip(person_name(value), keyword, keyword, per_group=True)
+        return "\\".join(
+            self._clip(person_name(item), keyword, keyword, per_group=True) for item in self._values(value, keyword)
+        )
+
+    def codes(self, ds: Dataset, keyword: str) -> tuple[CodedValue, ...]:
+        sequence = _raw(ds, keyword) or ()
+        codes = []
+        try:
+            items = list(sequence)
+        except _VALUE_ERRORS:
+            return ()
+        if len(items) > self.limits.max_items:
+            self.clipped.append(keyword)
+            items = items[: self.limits.max_items]
+        for item in items:
+            code = (
+                self.text(item, "CodeValue", f"{keyword}>CodeValue")
+                or self.text(item, "LongCodeValue", f"{keyword}>LongCodeValue")
+                or self.text(item, "URNCodeValue", f"{keyword}>URNCodeValue")
+            )
+            if code:
+                codes.append(
+                    CodedValue(
+                        code=code,
+                        scheme=self.text(item, "CodingSchemeDesignator", f"{keyword}>CodingSchemeDesignator"),
+                        meaning=self.text(item, "CodeMeaning", f"{keyword}>CodeMeaning"),
+                    )
+                )
+        return tuple(codes)
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """An IS value as an int, or None: empty, malformed, or outside IS's signed 32-bit range."""
     value = _raw(ds, keyword)
     try:
-        return int(value) if value not in (None, "") else None
+        number = int(value) if value not in (None, "") else None
     except _VALUE_ERRORS:
         return None
+    return number if number is None or -(2**31) <= number < 2**31 else None
 
 
 def person_name(value: PersonName | str | None) -> str:
@@ -152,15 +257,6 @@ def person_name(value: PersonName | str | None) -> str:
     return "=".join(groups)
 
 
-def _names(ds: Dataset, keyword: str) -> str:
-    value = _raw(ds, keyword)
-    if value is None:
-        return ""
-    if isinstance(value, PersonName | str):
-        return person_name(value)
-    return "\\".join(person_name(item) for item in value)
-
-
 def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
     sequence = _raw(ds, keyword)
     try:
@@ -169,38 +265,36 @@ def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
         return None
 
 
-def _codes(ds: Dataset, keyword: str) -> tuple[CodedValue, ...]:
-    sequence = _raw(ds, keyword) or ()
-    codes = []
-    for item in sequence:
-        code = _text(item, "CodeValue") or _text(item, "LongCodeValue") or _text(item, "URNCodeValue")
-        if code:
-            codes.append(
-                CodedValue(code=code, scheme=_text(item, "CodingSchemeDesignator"), meaning=_text(item, "CodeMeaning"))
-            )
-    return tuple(codes)
-
-
-def _accession_issuer(ds: Dataset) -> str:
+def _accession_issuer(ds: Dataset, read: _Reader) -> str:
     item = _first_item(ds, "IssuerOfAccessionNumberSequence")
     if item is None:
         return ""
-    return _text(item, "LocalNamespaceEntityID") or _text(item, "UniversalEntityID")
+    return read.text(item, "LocalNamespaceEntityID") or read.text(item, "UniversalEntityID")
 
 
-def instance_title(ds: Dataset) -> str:
+def instance_title(ds: Dataset, read: _Reader | None = None) -> str:
     """A human title for the instance: content label, concept name, document title, else the image type."""
+    read = read or _Reader(EventLimits())
     concept = _first_item(ds, "ConceptNameCodeSequence")
     return (
-        _text(ds, "ContentLabel")
-        or (_text(concept, "CodeMeaning") if concept is not None else "")
-        or _text(ds, "DocumentTitle")
-        or _text(ds, "ImageType").replace("\\", " ")
+        read.text(ds, "ContentLabel")
+        or (read.text(concept, "CodeMeaning", "ConceptNameCodeSequence>CodeMeaning") if concept is not None else "")
+        or read.text(ds, "DocumentTitle")
+        or read.text(ds, "ImageType").replace("\\", " ")
     )
 
 
-def instance_event(ds: Dataset, identity: InstanceIdentity, reception: Reception) -> InstanceEvent:
-    """The ``imaging.raw`` event for one stored instance (the dataset is read without pixel data)."""
+def instance_event(
+    ds: Dataset, identity: InstanceIdentity, reception: Reception, limits: EventLimits | None = None
+) -> InstanceEvent:
+    """The ``imaging.raw`` event for one stored instance (the dataset is read without pixel data).
+
+    Every text attribute is clipped to its VR's maximum length and every repeated value to
+    ``limits``, so the event's size is bounded whatever the dataset holds; ``clipped`` names what was cut.
+    """
+    read = _Reader(limits or EventLimits())
+    text, names = read.text, read.names
+    title = instance_title(ds, read)
     return InstanceEvent(
         study_uid=identity.study_uid,
         series_uid=identity.series_uid,
@@ -209,32 +303,32 @@ def instance_event(ds: Dataset, identity: InstanceIdentity, reception: Reception
         transfer_syntax_uid=reception.transfer_syntax_uid,
         instance_number=_int(ds, "InstanceNumber"),
         series_number=_int(ds, "SeriesNumber"),
-        modality=_text(ds, "Modality"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        timezone_offset=_text(ds, "TimezoneOffsetFromUTC"),
-        study_id=_text(ds, "StudyID"),
-        study_description=_text(ds, "StudyDescription"),
-        accession_number=_text(ds, "AccessionNumber"),
-        accession_issuer=_accession_issuer(ds),
-        referring_physician=_names(ds, "ReferringPhysicianName"),
-        procedure_codes=_codes(ds, "ProcedureCodeSequence"),
-        institution=_text(ds, "InstitutionName"),
-        patient_id=_text(ds, "PatientID"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-        patient_name=_names(ds, "PatientName"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        sex=_text(ds, "PatientSex"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_date=_text(ds, "SeriesDate"),
-        series_time=_text(ds, "SeriesTime"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        laterality=_text(ds, "Laterality") or _text(ds, "ImageLaterality"),
-        performing_physician=_names(ds, "PerformingPhysicianName"),
-        operators_name=_names(ds, "OperatorsName"),
-        manufacturer=_text(ds, "Manufacturer"),
-        model=_text(ds, "ManufacturerModelName"),
-        instance_title=instance_title(ds),
+        modality=text(ds, "Modality"),
+        study_date=text(ds, "StudyDate"),
+        study_time=text(ds, "StudyTime"),
+        timezone_offset=text(ds, "TimezoneOffsetFromUTC"),
+        study_id=text(ds, "StudyID"),
+        study_description=text(ds, "StudyDescription"),
+        accession_number=text(ds, "AccessionNumber"),
+        accession_issuer=_accession_issuer(ds, read),
+        referring_physician=names(ds, "ReferringPhysicianName"),
+        procedure_codes=read.codes(ds, "ProcedureCodeSequence"),
+        institution=text(ds, "InstitutionName"),
+        patient_id=text(ds, "PatientID"),
+        issuer_of_patient_id=text(ds, "IssuerOfPatientID"),
+        patient_name=names(ds, "PatientName"),
+        birth_date=text(ds, "PatientBirthDate"),
+        sex=text(ds, "PatientSex"),
+        series_description=text(ds, "SeriesDescription"),
+        series_date=text(ds, "SeriesDate"),
+        series_time=text(ds, "SeriesTime"),
+        body_part_examined=text(ds, "BodyPartExamined"),
+        laterality=text(ds, "Laterality") or text(ds, "ImageLaterality"),
+        performing_physician=names(ds, "PerformingPhysicianName"),
+        operators_name=names(ds, "OperatorsName"),
+        manufacturer=text(ds, "Manufacturer"),
+        model=text(ds, "ManufacturerModelName"),
+        instance_title=title,
         calling_ae=reception.calling_ae,
         called_ae=reception.called_ae,
         peer_address=reception.peer_address,
@@ -244,4 +338,5 @@ def instance_event(ds: Dataset, identity: InstanceIdentity, reception: Reception
         sha256=reception.sha256,
         duplicate=reception.duplicate,
         replaced=reception.replaced,
+        clipped=tuple(read.clipped),
     )

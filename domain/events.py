@@ -99,6 +99,7 @@ class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
     sha256: Sha256 = ""
     duplicate: bool = False  # same SOP Instance UID and identical bytes as an earlier instance
     replaced: bool = False  # same SOP Instance UID, different bytes: the stored file was replaced
+    placed_at_ns: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0  # when the file was placed: the last placed wins
     clipped: Annotated[tuple[ShortText, ...], Meta(max_length=CODES_MAX_ITEMS)] = ()  # attributes cut to their VR
     schema_version: SchemaVersion = EVENT_SCHEMA_VERSION
 
@@ -117,10 +118,17 @@ class CommitmentRequest(msgspec.Struct, frozen=True, gc=False):
     calling_ae: ShortText = ""
     received_at: ShortText = ""  # ISO 8601 UTC
     record_type: str = COMMITMENT_RECORD_TYPE
+    # A request naming more instances than fit one message comes in parts (1-based): all must be read.
+    part: Annotated[int, Meta(ge=1, le=10_000)] = 1
+    parts: Annotated[int, Meta(ge=1, le=10_000)] = 1
 
     @property
     def key(self) -> bytes:
         return self.study_uid.encode("ascii")
+
+    def __post_init__(self) -> None:
+        if self.part > self.parts:
+            raise ValueError("part beyond parts")
 
 
 RawRecord = InstanceEvent | CommitmentRequest

@@ -97,6 +97,7 @@ class InstanceInfo(msgspec.Struct, frozen=True, gc=False, array_like=True):
     revision: int = 0  # the revision this content joined
     first_offset: int = -1  # imaging.raw offset of the record that created the row
     source_offset: int = -1  # imaging.raw offset of the record that last wrote it
+    placed_at_ns: int = 0  # when the receiver placed this version's file (0: unknown)
 
     def same_content(self, other: InstanceInfo) -> bool:
         return (self.uid, self.series_uid, self.sop_class_uid, self.number, self.title, self.sha256) == (
@@ -124,6 +125,9 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     partition: int = 0  # partition of imaging.raw (and of every table) holding this study
     commitment_requested: bool = False  # Storage Commitment covering the study: ready without waiting
     commitment_waiting: tuple[str, ...] = ()  # instances a commitment request named, not seen yet
+    commitment_transaction: str = ""  # the commitment request arriving in parts, and the parts read of it
+    commitment_parts_seen: tuple[int, ...] = ()
+    commitment_parts_left: int = 0  # parts of that request not read yet: not committed before they are
     failure: str = ""
     applied_offset: int = -1  # imaging.raw offset of the last record applied to this header
     sealed_at: str = ""  # ISO 8601 UTC: when the current revision was sealed (its ready record's ready_at)
@@ -217,6 +221,7 @@ def instance_from_event(event: InstanceEvent, revision: int = 0, first_offset: i
         sha256=event.sha256,
         revision=revision,
         first_offset=first_offset,
+        placed_at_ns=event.placed_at_ns,
     )
 
 
@@ -328,6 +333,8 @@ def apply_instance(
     if header is not None and at.offset <= header.applied_offset:
         return _repair(header, known_series, known_instance, event, at)
     incoming = instance_from_event(event)
+    if header is not None and placed_before(incoming, known_instance):
+        return StudyUpdate(header=header)
     counted = known_instance if known_instance is not None and _counted(header, known_instance.first_offset) else None
     if (
         counted is not None
@@ -365,7 +372,9 @@ def apply_instance(
         elif header.commitment_waiting and incoming.uid in header.commitment_waiting:
             # The last instance a commitment request was waiting for makes the study committed.
             waiting = tuple(uid for uid in header.commitment_waiting if uid != incoming.uid)
-            changes.update(commitment_waiting=waiting, commitment_requested=not waiting)
+            changes.update(
+                commitment_waiting=waiting, commitment_requested=not waiting and not header.commitment_parts_left
+            )
 
     first_received = header.first_received
     if not first_received or received < first_received:
@@ -395,12 +404,29 @@ def apply_instance(
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 
 
+def placed_before(incoming: InstanceInfo, known: InstanceInfo | None) -> bool:
+    """Whether ``incoming`` is a version of a file that a later placement replaced (its event came late).
+
+    Two versions of one SOP Instance UID stored at the same moment (two associations, two processes)
+    may publish their events in either order; the one placed last is the one on disk.
+    """
+    return (
+        known is not None
+        and incoming.placed_at_ns > 0
+        and known.placed_at_ns > incoming.placed_at_ns
+        and not known.same_content(incoming)
+    )
+
+
 def _next_revision(header: StudyHeader) -> dict[str, Any]:
     return {
         "status": StudyStatus.RECEIVING,
         "revision": header.revision + 1,
         "commitment_requested": False,
         "commitment_waiting": (),
+        "commitment_transaction": "",
+        "commitment_parts_seen": (),
+        "commitment_parts_left": 0,
         "failure": "",
         "sealed_at": "",
     }
@@ -420,6 +446,8 @@ def _repair(
     restored after its revision was sealed opens the next revision, so the instance reaches FHIR.
     """
     incoming = instance_from_event(event)
+    if placed_before(incoming, known_instance):
+        return StudyUpdate(header=header)
     missing = known_instance is None
     stale = (
         known_instance is not None
@@ -443,22 +471,41 @@ def _repair(
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 
 
-def request_commitment(header: StudyHeader, missing: Sequence[str] = (), offset: int | None = None) -> StudyHeader:
+def request_commitment(
+    header: StudyHeader,
+    missing: Sequence[str] = (),
+    offset: int | None = None,
+    transaction: str = "",
+    part: int = 1,
+    parts: int = 1,
+) -> StudyHeader:
     """A Storage Commitment request covering the study's open revision makes it ready at once.
 
     ``missing`` are the instances it names that the study does not hold yet (stored by another receiving
     process, read later): the study is committed when the last of them arrives (:func:`apply_instance`).
+    A request too large for one message comes in ``parts``: committed only once every part was read.
     ``offset`` is the request's imaging.raw offset: a request the header already reflects changes nothing.
     """
     if offset is not None and offset <= header.applied_offset:
         return header
-    applied = {"applied_offset": offset} if offset is not None else {}
+    applied: dict[str, Any] = {"applied_offset": offset} if offset is not None else {}
     if header.status is not StudyStatus.RECEIVING:
         return _replace(header, **applied) if applied else header
-    if missing:
-        waiting = tuple(dict.fromkeys((*header.commitment_waiting, *missing)))
-        return _replace(header, commitment_waiting=waiting, **applied)
-    return _replace(header, commitment_requested=True, commitment_waiting=(), **applied)
+    seen: tuple[int, ...] = ()
+    if parts > 1:
+        known = header.commitment_parts_seen if header.commitment_transaction == transaction else ()
+        seen = tuple(sorted({*known, part}))
+    parts_left = max(0, parts - len(seen)) if parts > 1 else 0
+    waiting = tuple(dict.fromkeys((*header.commitment_waiting, *missing)))
+    return _replace(
+        header,
+        commitment_waiting=waiting,
+        commitment_requested=not waiting and not parts_left,
+        commitment_transaction=transaction if parts > 1 else header.commitment_transaction,
+        commitment_parts_seen=seen,
+        commitment_parts_left=parts_left,
+        **applied,
+    )
 
 
 def is_ready(header: StudyHeader, now_wall: float, now_event_time: float | None, quiet_period: float) -> bool:

@@ -126,5 +126,61 @@ def _supervise(settings: Settings, count: int, port: int, ae_title: str, storage
     return 0
 
 
+@click.group("receiver")
+def receiver() -> None:
+    """The receiver's state: its outbox quarantine."""
+
+
+@receiver.group("quarantine")
+def quarantine() -> None:
+    """Events the broker refused for good (too large, invalid, not authorised), kept aside with the reason."""
+
+
+def _outboxes(settings: Settings) -> list[tuple[int, Path]]:
+    from scp.server import outbox_path, slot_of_outbox
+
+    base = outbox_path(settings, 0)
+    found = [(0, base)] if base.exists() else []
+    if base.parent.is_dir():
+        for path in sorted(base.parent.glob(f"{base.stem}-*{base.suffix}")):
+            slot = slot_of_outbox(settings, path)
+            if slot is not None:
+                found.append((slot, path))
+    return found
+
+
+@quarantine.command("list")
+def quarantine_list() -> None:
+    """One line per quarantined event: ID (slot:row), study, SOP instance, size, when, why."""
+    from scp.outbox import list_quarantine
+
+    total = 0
+    for slot, path in _outboxes(get_settings()):
+        for row in list_quarantine(path):
+            total += 1
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.quarantined_at))
+            click.echo(f"{slot}:{row.id}\t{row.study_uid}\t{row.sop_instance_uid}\t{row.size} B\t{when}\t{row.reason}")
+    click.echo(f"{total} quarantined event(s)")
+
+
+@quarantine.command("retry")
+@click.argument("ids", nargs=-1)
+def quarantine_retry(ids: tuple[str, ...]) -> None:
+    """Send quarantined events again (all, or the IDs given as slot:row); the running receiver publishes them."""
+    from scp.outbox import retry_quarantine
+
+    wanted: dict[int, list[int]] = {}
+    for item in ids:
+        slot_text, _, row_text = item.rpartition(":")
+        if not row_text.isdigit() or (slot_text and not slot_text.isdigit()):
+            raise click.BadParameter(f"{item!r} is not an ID as `quarantine list` prints it (slot:row)")
+        wanted.setdefault(int(slot_text or 0), []).append(int(row_text))
+    moved = 0
+    for slot, path in _outboxes(get_settings()):
+        if not ids or slot in wanted:
+            moved += retry_quarantine(path, wanted.get(slot) if ids else None)
+    click.echo(f"{moved} event(s) moved back to the outbox")
+
+
 if __name__ == "__main__":
     receive()

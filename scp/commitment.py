@@ -193,18 +193,25 @@ def read_request(info: Dataset | None) -> tuple[str, list[tuple[str, str]]] | No
 
 
 def commitment_records(
-    transaction_uid: str, outcome: CommitmentOutcome, calling_ae: str, received_at: datetime
+    transaction_uid: str, outcome: CommitmentOutcome, calling_ae: str, received_at: datetime, max_uids: int
 ) -> list[CommitmentRequest]:
-    return [
-        CommitmentRequest(
-            study_uid=study_uid,
-            transaction_uid=transaction_uid,
-            sop_instance_uids=tuple(sops),
-            calling_ae=calling_ae,
-            received_at=received_at.isoformat(timespec="milliseconds"),
-        )
-        for study_uid, sops in outcome.studies.items()
-    ]
+    """One record per study, in parts of at most ``max_uids`` instances (each part fits one Kafka message)."""
+    records = []
+    for study_uid, sops in outcome.studies.items():
+        chunks = [tuple(sops[i : i + max_uids]) for i in range(0, len(sops), max_uids)]
+        records += [
+            CommitmentRequest(
+                study_uid=study_uid,
+                transaction_uid=transaction_uid,
+                sop_instance_uids=chunk,
+                calling_ae=calling_ae,
+                received_at=received_at.isoformat(timespec="milliseconds"),
+                part=index,
+                parts=len(chunks),
+            )
+            for index, chunk in enumerate(chunks, start=1)
+        ]
+    return records
 
 
 def handle_n_action(event: Event, deps: ReceiverDeps) -> tuple[int, Dataset | None]:
@@ -226,7 +233,8 @@ def handle_n_action(event: Event, deps: ReceiverDeps) -> tuple[int, Dataset | No
         references, deps.index.lookup(sop for _, sop in references), lambda path: Path(path).is_file()
     )
     calling_ae = str(event.assoc.requestor.ae_title).strip()
-    for record in commitment_records(transaction_uid, outcome, calling_ae, datetime.now(UTC)):
+    records = commitment_records(transaction_uid, outcome, calling_ae, datetime.now(UTC), deps.commitment_max_uids)
+    for record in records:
         deps.outbox.add_record(record.study_uid, encode_commitment_request(record))
     metrics.commitments.labels(outcome="committed" if not outcome.failed else "some_failed").inc()
     LOG.info(

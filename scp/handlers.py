@@ -26,7 +26,14 @@ from msgspec.structs import replace
 from pydicom import dcmread
 from pynetdicom.events import Event
 
-from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect
+from domain.dicom_event import (
+    EventLimits,
+    InstanceRejected,
+    Reception,
+    check_identity,
+    instance_event,
+    parse_defect,
+)
 from scp.metrics import ReceiverMetrics
 from scp.outbox import Outbox
 from scp.storage import InstanceStore, StorageError, file_sha256
@@ -82,6 +89,8 @@ class ReceiverDeps:
     index: InstanceIndex | None = None  # for Storage Commitment
     report_route: ReportRoute | None = None  # where commitment results go when the association is gone
     fault_after_store: int = 0  # testing: os._exit after this many stored instances
+    commitment_max_uids: int = 10_000  # instances per storage_commitment record (a longer request is split)
+    event_limits: EventLimits = field(default_factory=EventLimits)
     _stored: int = 0
     _stored_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -180,24 +189,26 @@ def _store_staged(
     )
     try:
         # Reads (and decodes with the Specific Character Set) only the attributes the event needs.
-        instance = instance_event(dataset, identity, reception)
+        instance = instance_event(dataset, identity, reception, deps.event_limits)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed values
         return _fail(deps, "unparseable", CANNOT_UNDERSTAND, sop_instance, type(exc).__name__)
     # The file's data flush runs while the outbox row is committed (each waits for the disk).
     data_sync = deps.store.start_sync(staged)
-    try:
-        # The outbox row records what the file will be (its hash), so recovery can verify it.
-        instance = replace(instance, sha256=file_sha256(staged))
-        row_id = deps.outbox.add(instance)
-    except (sqlite3.Error, OSError) as exc:
-        if data_sync is not None:
-            data_sync.exception()  # let the flush finish before the caller deletes the staged file
-        return _fail(deps, "outbox_error", OUT_OF_RESOURCES, sop_instance, f"{type(exc).__name__}: {exc}")
-    try:
-        stored = deps.store.commit(staged, target, instance.sha256, data_sync)
-    except StorageError as exc:
-        deps.outbox.discard(row_id)
-        return _fail(deps, "storage_error", OUT_OF_RESOURCES, sop_instance, str(exc))
+    # One placement of this SOP Instance UID at a time, across processes: its stamp orders the versions.
+    with deps.store.placing(target) as placed_at_ns:
+        try:
+            # The outbox row records what the file will be (its hash), so recovery can verify it.
+            instance = replace(instance, sha256=file_sha256(staged), placed_at_ns=placed_at_ns)
+            row_id = deps.outbox.add(instance)
+        except (sqlite3.Error, OSError) as exc:
+            if data_sync is not None:
+                data_sync.exception()  # let the flush finish before the caller deletes the staged file
+            return _fail(deps, "outbox_error", OUT_OF_RESOURCES, sop_instance, f"{type(exc).__name__}: {exc}")
+        try:
+            stored = deps.store.commit(staged, target, instance.sha256, data_sync)
+        except StorageError as exc:
+            deps.outbox.discard(row_id)
+            return _fail(deps, "storage_error", OUT_OF_RESOURCES, sop_instance, str(exc))
     if stored.duplicate or stored.replaced:
         # Known only after the store's locked comparison: correct the row before it is released.
         final = replace(instance, duplicate=stored.duplicate, replaced=stored.replaced)

@@ -43,6 +43,19 @@ class ReceiverMetrics:
         self.published = Counter(
             "studystream_receiver_events_published", "Events confirmed by Kafka", registry=self.registry
         )
+        self.quarantined = Counter(
+            "studystream_receiver_events_quarantined",
+            "Events the broker refused for good, moved to the outbox's quarantine",
+            registry=self.registry,
+        )
+        self.quarantine_depth = Gauge(
+            "studystream_receiver_quarantine_depth", "Events in the outbox's quarantine", registry=self.registry
+        )
+        self.publish_unconfirmed = Counter(
+            "studystream_receiver_publish_unconfirmed",
+            "Events sent whose acknowledgement did not come in time: sent again (at most a duplicate each)",
+            registry=self.registry,
+        )
         self.publish_errors = Counter(
             "studystream_receiver_publish_errors", "Failed publish rounds", registry=self.registry
         )

@@ -14,6 +14,7 @@ rows of an outbox nobody holds (a receiving slot that no longer runs) into this 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from domain.events import InstanceEvent, encode_instance_event
 from scp.storage import fsync_path
+
+LOG = logging.getLogger("studystream.receiver.outbox")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -38,9 +41,36 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+_QUARANTINE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    stored_path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    value BLOB NOT NULL,
+    created REAL NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+)
+"""
+_COLUMNS = "study_uid, sop_instance_uid, stored_path, sha256, value, created"
+
 _INSERT = (
     "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) VALUES (?, ?, ?, ?, ?, ?)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    """An event the broker refused for good (too large, invalid, not authorised), kept with the reason."""
+
+    id: int
+    study_uid: str
+    sop_instance_uid: str
+    size: int
+    reason: str
+    quarantined_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +109,12 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.execute(_SCHEMA)
+        self._db.execute(_QUARANTINE_SCHEMA)
         self._lock = threading.Lock()
         self._in_flight: set[int] = set()
+        # Rows whose file was never placed but whose delete failed (disk full, SQLite error): never
+        # published, never blocking their study's later rows; deleted at the next confirm, or by recover().
+        self._abandoned: set[int] = set()
         self._listeners: list[Callable[[], None]] = []
 
     def close(self) -> None:
@@ -158,10 +192,14 @@ class Outbox:
             )
 
     def discard(self, row_id: int) -> None:
-        """The file could not be placed: the event must never be published."""
+        """The file could not be placed: the event must never be published (nor hold back its study's others)."""
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
             self._in_flight.discard(row_id)
+            try:
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            except sqlite3.Error as exc:
+                self._abandoned.add(row_id)
+                LOG.warning("outbox row %d of a file never placed not deleted yet (%s): set aside", row_id, exc)
 
     def pending(self, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` publishable events in commit order.
@@ -172,12 +210,14 @@ class Outbox:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, study_uid, value, created FROM outbox ORDER BY id LIMIT ?",
-                (limit + len(self._in_flight),),
+                (limit + len(self._in_flight) + len(self._abandoned),),
             ).fetchall()
-            in_flight = set(self._in_flight)
+            in_flight, abandoned = set(self._in_flight), set(self._abandoned)
         blocked: set[str] = set()
         entries: list[OutboxEntry] = []
         for row_id, study_uid, value, created in rows:
+            if row_id in abandoned:
+                continue
             if row_id in in_flight or study_uid in blocked:
                 blocked.add(study_uid)
                 continue
@@ -197,9 +237,11 @@ class Outbox:
             if self.fsync:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             try:
+                done = [*row_ids, *self._abandoned]
                 self._db.execute("BEGIN")
-                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in row_ids])
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in done])
                 self._db.execute("COMMIT")
+                self._abandoned.clear()
             finally:
                 if self.fsync:
                     self._db.execute("PRAGMA synchronous=FULL")
@@ -207,6 +249,15 @@ class Outbox:
     def depth(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def quarantine(self, row_id: int, reason: str) -> None:
+        """Move a row the broker refused for good out of the way of the rows after it."""
+        with self._lock:
+            move_to_quarantine(self._db, row_id, reason)
+
+    def quarantine_depth(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
 
     def recover(self, file_matches: Callable[[Path, str], bool]) -> tuple[int, int]:
         """At start-up: keep rows whose stored file matches, drop the others. Returns (kept, dropped)."""
@@ -218,3 +269,57 @@ class Outbox:
             with self._lock:
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in dropped])
         return len(rows) - len(dropped), len(dropped)
+
+
+# --- The quarantine, also for `studystream receiver quarantine` (another process: no outbox lock) ---
+
+
+def move_to_quarantine(db: sqlite3.Connection, row_id: int, reason: str) -> None:
+    db.execute("BEGIN")
+    db.execute(
+        f"INSERT INTO quarantine (id, {_COLUMNS}, reason, quarantined_at) "  # noqa: S608 - constant columns
+        f"SELECT id, {_COLUMNS}, ?, ? FROM outbox WHERE id = ?",
+        (reason[:500], time.time(), row_id),
+    )
+    db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+    db.execute("COMMIT")
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(_SCHEMA)
+    db.execute(_QUARANTINE_SCHEMA)
+    return db
+
+
+def list_quarantine(path: Path) -> list[QuarantinedRow]:
+    db = _open(path)
+    try:
+        rows = db.execute(
+            "SELECT id, study_uid, sop_instance_uid, length(value), reason, quarantined_at FROM quarantine ORDER BY id"
+        ).fetchall()
+    finally:
+        db.close()
+    return [QuarantinedRow(*row) for row in rows]
+
+
+def retry_quarantine(path: Path, row_ids: list[int] | None) -> int:
+    """Move quarantined rows (all when ``row_ids`` is None) back to the outbox; the publisher sends them again."""
+    db = _open(path)
+    try:
+        chosen = [r.id for r in list_quarantine(path)] if row_ids is None else row_ids
+        moved = 0
+        db.execute("BEGIN")
+        for row_id in chosen:
+            cursor = db.execute(
+                f"INSERT INTO outbox ({_COLUMNS}) SELECT {_COLUMNS} FROM quarantine WHERE id = ?",  # noqa: S608
+                (row_id,),
+            )
+            if cursor.rowcount:
+                db.execute("DELETE FROM quarantine WHERE id = ?", (row_id,))
+                moved += 1
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return moved

@@ -11,14 +11,40 @@ import asyncio
 import logging
 import threading
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 
 from app.settings import Settings
 from infra.topics import ensure_topics_async
 from scp.metrics import ReceiverMetrics
-from scp.outbox import Outbox
+from scp.outbox import Outbox, OutboxEntry
+
+# The broker (or the client) will never take these records as they are: retrying would stall every
+# record behind them. They go to the outbox's quarantine.
+PERMANENT_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidMessageError,
+    UnsupportedForMessageFormatError,
+    TopicAuthorizationFailedError,
+    InvalidTopicError,
+    PolicyViolationError,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +62,7 @@ class Publisher:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="receiver-publisher", daemon=True)
         self.connected = False
+        self.quarantine_depth = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -154,19 +181,57 @@ class Publisher:
         self.metrics.broker_connected.set(1 if connected else 0)
 
     async def _drain_once(self, producer: AIOKafkaProducer) -> int:
+        """One round: send what the outbox holds, confirm each event the broker acknowledged, quarantine each
+        it refused for good; a transient failure fails the round (after confirming what did get through)."""
         entries = await asyncio.to_thread(self.outbox.pending, self.settings.receiver_publish_batch)
         if not entries:
-            self.metrics.outbox_depth.set(await asyncio.to_thread(self.outbox.depth))
+            await self._update_depths()
             return 0
         started = time.perf_counter()
-        # send() only enqueues, in order; awaiting the futures waits for acks=all.
-        futures = [await producer.send(self.settings.topic_raw, entry.value, key=entry.key) for entry in entries]
-        await asyncio.wait_for(asyncio.gather(*futures), self.settings.receiver_publish_timeout)
-        await asyncio.to_thread(self.outbox.confirm, [entry.id for entry in entries])
-        now = time.time()
+        sent: list[tuple[OutboxEntry, asyncio.Future[Any]]] = []
+        refused: list[tuple[OutboxEntry, BaseException]] = []
         for entry in entries:
+            try:
+                # send() only enqueues, in order; a record the client refuses outright raises here.
+                sent.append((entry, await producer.send(self.settings.topic_raw, entry.value, key=entry.key)))
+            except PERMANENT_ERRORS as exc:
+                refused.append((entry, exc))
+        futures = [future for _, future in sent]
+        if futures:
+            await asyncio.wait(futures, timeout=self.settings.receiver_publish_timeout)
+        confirmed, failed = [], None
+        for entry, future in sent:
+            if not future.done():
+                self.metrics.publish_unconfirmed.inc()  # sent again next round: a duplicate at worst, counted
+                failed = failed or TimeoutError("broker did not acknowledge within receiver_publish_timeout")
+            elif future.exception() is None:
+                confirmed.append(entry)
+            elif isinstance(future.exception(), PERMANENT_ERRORS):
+                refused.append((entry, future.exception()))  # type: ignore[arg-type]
+            else:
+                failed = failed or future.exception()
+        await asyncio.to_thread(self.outbox.confirm, [entry.id for entry in confirmed])
+        for entry, exc in refused:
+            await asyncio.to_thread(self.outbox.quarantine, entry.id, f"{type(exc).__name__}: {exc}"[:500])
+            self.metrics.quarantined.inc()
+            LOG.error(
+                "event %d (study %s) refused by the broker for good (%s): quarantined; "
+                "`studystream receiver quarantine list` shows it",
+                entry.id,
+                entry.key.decode("ascii", "replace"),
+                type(exc).__name__,
+            )
+        now = time.time()
+        for entry in confirmed:
             self.metrics.publish_latency.observe(max(0.0, now - entry.created))
-        self.metrics.published.inc(len(entries))
+        self.metrics.published.inc(len(confirmed))
+        await self._update_depths()
+        LOG.debug("published %d events in %.1f ms", len(confirmed), (time.perf_counter() - started) * 1000)
+        if failed is not None:
+            raise failed
+        return len(confirmed) + len(refused)
+
+    async def _update_depths(self) -> None:
         self.metrics.outbox_depth.set(await asyncio.to_thread(self.outbox.depth))
-        LOG.debug("published %d events in %.1f ms", len(entries), (time.perf_counter() - started) * 1000)
-        return len(entries)
+        self.quarantine_depth = await asyncio.to_thread(self.outbox.quarantine_depth)
+        self.metrics.quarantine_depth.set(self.quarantine_depth)

@@ -17,6 +17,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # typ
 from pynetdicom.transport import ThreadedAssociationServer
 
 from app.settings import Settings
+from domain.dicom_event import EventLimits
 from domain.errors import ConfigurationError
 from scp.commitment import InstanceIndex, ReportRoute, handle_n_action, parse_commitment_peers
 from scp.handlers import CallingAllowlist, ReceiverDeps, handle_echo, handle_requested, handle_store
@@ -147,12 +148,12 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
     store = InstanceStore(
         storage_dir, fsync=settings.receiver_fsync, slot=str(slot), sync_threads=settings.receiver_max_associations
     )
+    outbox = Outbox(outbox_path(settings, slot), fsync=settings.receiver_fsync)  # the lock first
     leftovers = store.prepare()
     # pynetdicom writes each arriving dataset with NamedTemporaryFile: put it beside its final place so
     # the commit is a rename, not a copy. This process exists only to receive, so the global is ours.
     tempfile.tempdir = str(store.incoming)
 
-    outbox = Outbox(outbox_path(settings, slot), fsync=settings.receiver_fsync)
     kept, dropped = outbox.recover(_file_matches)
     LOG.info(
         "outbox %s: %d events to publish, %d dropped (file never placed); %d partial files removed",
@@ -173,6 +174,12 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
         metrics=metrics,
         allowlist=CallingAllowlist.parse(settings.receiver_allowed_calling_aes),
         fault_after_store=settings.receiver_fault_after_store,
+        commitment_max_uids=settings.receiver_commitment_record_max_uids,
+        event_limits=EventLimits(
+            settings.receiver_event_max_values,
+            settings.receiver_event_max_items,
+            settings.receiver_event_unbounded_chars,
+        ),
         index=InstanceIndex(index_path(settings), busy_timeout=settings.receiver_index_timeout),
         report_route=ReportRoute(
             peers=parse_commitment_peers(settings.receiver_commitment_peers),
@@ -203,12 +210,15 @@ def run_receiver(settings: Settings, port: int, ae_title: str, storage_dir: Path
     if settings.receiver_metrics_port:
 
         def health() -> dict[str, object]:
+            quarantined = publisher.quarantine_depth
             return {
                 "ok": serving.is_alive(),
+                "status": "degraded" if quarantined or not publisher.connected else "ok",
                 "ae_title": ae_title,
                 "port": port,
                 "broker_connected": publisher.connected,
                 "outbox_depth": outbox.depth(),
+                "quarantine_depth": quarantined,
             }
 
         http = start_http(metrics, settings.dicom_host, settings.receiver_metrics_port + slot, health)

@@ -12,13 +12,18 @@ receiver's outbox commit, which waits for a flush of its own: one flush latency 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
+import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,7 @@ LOG = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1024 * 1024
 _LOCK_STRIPES = 64
+_PROCESS_LOCK_STRIPES = 65_536  # bytes of the shared lock file, one per SOP Instance UID stripe
 
 
 class StorageError(StudyStreamError):
@@ -69,11 +75,37 @@ class InstanceStore:
         self.incoming = root / ".incoming" / slot
         self._sync_pool = ThreadPoolExecutor(max_workers=sync_threads, thread_name_prefix="receiver-fsync")
         # One lock per SOP Instance UID stripe: two associations storing the same instance at once must
-        # not interleave their duplicate check and rename.
-        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        # not interleave their duplicate check and rename. Threads of this process take the stripe's
+        # lock, processes sharing the storage a byte-range lock of one shared file (fcntl locks are per
+        # process, so both are needed).
+        self._locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
+        self._lock_file: int | None = None
+
+    @contextmanager
+    def placing(self, target: Path) -> Iterator[int]:
+        """Hold the lock of ``target``'s SOP Instance UID, in this process and across the receiving processes.
+
+        Yields a placement stamp (nanoseconds) that grows for each placement of one SOP Instance UID,
+        whichever process places it: the aggregator keeps the version placed last.
+        """
+        stripe = hash(target.name) % _LOCK_STRIPES
+        with self._locks[stripe]:
+            if self._lock_file is None:
+                self.incoming.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_file = os.open(self.incoming.parent / "placement.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            offset = zlib.crc32(target.name.encode()) % _PROCESS_LOCK_STRIPES
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX, 1, offset)
+            try:
+                yield time.time_ns()
+            finally:
+                fcntl.lockf(self._lock_file, fcntl.LOCK_UN, 1, offset)
 
     def prepare(self) -> int:
-        """Create the directories; delete temporary files a crashed run left behind. Returns how many."""
+        """Create the directories; delete temporary files a crashed run left behind. Returns how many.
+
+        Only while this slot's outbox lock is held: a second receiver on the same state directory must
+        fail on the lock before it could delete the running one's files.
+        """
         self.incoming.mkdir(parents=True, exist_ok=True)
         leftovers = 0
         for leftover in self.incoming.iterdir():
@@ -107,6 +139,9 @@ class InstanceStore:
 
     def close(self) -> None:
         self._sync_pool.shutdown(wait=True)
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
 
     def commit(self, staged: Path, target: Path, sha256: str, data_sync: Future[None] | None = None) -> StoredInstance:
         """Move the staged file (whose hash is ``sha256``) to ``target`` durably, or recognise a duplicate.
@@ -119,7 +154,7 @@ class InstanceStore:
             if data_sync is not None:
                 data_sync.result()  # before any rename or unlink of the staged file
             size = staged.stat().st_size
-            with self._locks[hash(target.name) % _LOCK_STRIPES]:
+            with self._locks[hash(target.name) % _LOCK_STRIPES]:  # re-entrant: callers may hold placing()
                 replaced = False
                 if target.exists():
                     if target.stat().st_size == size and file_sha256(target) == sha256:

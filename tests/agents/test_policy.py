@@ -55,7 +55,7 @@ def message(offset: int = 7, value: bytes = b"{}") -> Message:
 
 def policy(topic: FakeTopic) -> tuple[MessagePolicy, FakeApp, Counter[tuple[str, str]]]:
     app, counts = FakeApp(), Counter[tuple[str, str]]()
-    return MessagePolicy(app, DeadLetterWriter(topic, counts), lambda: 1_800_000_000.0), app, counts  # type: ignore[arg-type]
+    return MessagePolicy(app, DeadLetterWriter(topic, counts), lambda: 1_800_000_000.0, 3600.0), app, counts  # type: ignore[arg-type]
 
 
 async def test_an_invalid_record_is_dead_lettered_with_its_reason_source_and_original_headers() -> None:

@@ -405,3 +405,31 @@ def test_any_partially_delivered_batch_replayed_ends_exactly_where_the_clean_run
             writes = run_batch(state, batch)
         commit(state, writes)
     assert state.rows == clean.rows
+
+
+def test_a_commitment_request_in_parts_commits_only_once_every_part_was_read() -> None:
+    study = SyntheticStudy(1, 4)
+    state = MemoryStudy()
+    for event in study.events():
+        state.apply(event)
+    assert state.header is not None
+    sops = [e.sop_instance_uid for e in study.events()]
+    first = request_commitment(state.header, [], offset=100, transaction="2.25.7", part=1, parts=2)
+    assert not first.commitment_requested and first.commitment_parts_left == 1
+    again = request_commitment(first, [], offset=101, transaction="2.25.7", part=1, parts=2)  # a part repeated
+    assert not again.commitment_requested
+    both = request_commitment(again, [], offset=102, transaction="2.25.7", part=2, parts=2)
+    assert both.commitment_requested and is_ready(both, 0.0, None, QUIET)
+    waiting = request_commitment(first, [f"{sops[0]}9"], offset=102, transaction="2.25.7", part=2, parts=2)
+    assert not waiting.commitment_requested and waiting.commitment_parts_left == 0
+
+
+def test_two_versions_stored_at_once_keep_the_one_placed_last_whatever_order_their_events_come_in() -> None:
+    event = SyntheticStudy(1, 1).events()[0]
+    older = replace(event, sha256="a" * 64, placed_at_ns=1_000)
+    newer = replace(event, sha256="b" * 64, placed_at_ns=2_000, replaced=True)
+    state = MemoryStudy()
+    state.apply(newer)
+    late = state.apply(older)  # published after the newer one, but placed before it
+    assert not late.changed
+    assert state.instances[event.sop_instance_uid].sha256 == "b" * 64

@@ -16,6 +16,7 @@ from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     MRImageStorage,
@@ -124,6 +125,9 @@ def test_bad_input_corpus_gets_its_statuses_and_the_pipeline_keeps_publishing(e2
     # Stored as received: every transfer syntax real senders use, and names in several character sets.
     stored_files["big_endian"] = big_endian(corpus)
     stored_files["deflated"] = write(one_instance(), corpus, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    huge = one_instance()
+    huge.StudyDescription = "D" * 9_000_000  # legal in implicit VR (4-byte length); clipped to LO's 64 in the event
+    stored_files["huge_description"] = write(huge, corpus, transfer_syntax=ImplicitVRLittleEndian)
     for name, syntax in (("jpeg2000", JPEG2000Lossless), ("jpeg_ls", JPEGLSLossless), ("rle", RLELossless)):
         stored_files[name] = compressed(corpus, syntax)
     non_ascii = {i: p for i, p in enumerate(PATIENTS) if p.charset}
@@ -168,6 +172,9 @@ def test_bad_input_corpus_gets_its_statuses_and_the_pipeline_keeps_publishing(e2
         30,
         what="an event per stored instance",
     )
+    huge_study = studies_in([stored_files["huge_description"]])
+    (on_fhir,) = e2e.fhir.studies(next(iter(huge_study)))
+    assert on_fhir["description"] == "D" * 64
     for case, path in stored_files.items():
         ds = dcmread(path, stop_before_pixels=True)
         event = events[str(ds.SOPInstanceUID)]
