@@ -282,12 +282,51 @@ class Settings(BaseSettings):
         ge=1,
         description="Concurrent associations one receiving process accepts.",
     )
-    receiver_acse_timeout: float = Field(30.0, gt=0, description="Seconds the receiver waits for association messages.")
-    receiver_dimse_timeout: float = Field(60.0, gt=0, description="Seconds the receiver waits for DIMSE messages.")
+    receiver_max_associations_per_ae: int = Field(
+        8, ge=1, description="Concurrent associations one calling AE title may hold open on one receiving process."
+    )
+    receiver_require_called_ae: bool = Field(
+        True,
+        description="Reject associations whose called AE title is not `ae_title` (A-ASSOCIATE-RJ, called AE "
+        "title not recognised).",
+    )
+    receiver_max_dataset_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024,
+        description="Largest dataset one C-STORE may carry (bytes); past it the rest is dropped as it arrives, "
+        "the partial file removed, and the sender gets 0xA700.",
+    )
+    receiver_max_inflated_bytes: int = Field(
+        1024**3,
+        ge=1024,
+        description="Largest size a Deflated Explicit VR dataset may inflate to (bytes); past it the C-STORE "
+        "is refused with 0xA700 (inflated in chunks: the receiver's memory stays bounded).",
+    )
+    receiver_min_free_bytes: int = Field(
+        256 * 1024**2,
+        ge=0,
+        description="Free space the storage directory must keep (bytes); below it new C-STOREs get 0xA700 at "
+        "once instead of failing mid-write.",
+    )
+    receiver_max_action_bytes: int = Field(
+        16 * 1024**2,
+        ge=1024,
+        description="Largest dataset of an N-ACTION (Storage Commitment request) the receiver reads (bytes).",
+    )
+    receiver_acse_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds the receiver waits for association messages (the ARTIM timer: A-ASSOCIATE-RQ "
+        "after connect, the peer's close after a release or reject).",
+    )
+    receiver_dimse_timeout: float = Field(
+        60.0, gt=0, description="Seconds the receiver waits for the rest of a DIMSE message once it began."
+    )
     receiver_network_timeout: float = Field(
         60.0,
         gt=0,
-        description="Seconds of network silence after which the receiver drops an association.",
+        description="Seconds of network silence after which the receiver drops an association; also the time "
+        "each 64 KiB of a fragment may take (a peer trickling bytes is dropped).",
     )
     receiver_max_pdu: int = Field(
         131072,

@@ -63,11 +63,11 @@ def receive(
     try:
         parse_commitment_peers(settings.receiver_commitment_peers)  # a typo fails here, not at the first request
         if slot is None:
-            from scp.server import adopt_orphan_outboxes
+            from scp.receiver import adopt_orphan_outboxes
 
             adopt_orphan_outboxes(settings, count)
         if slot is not None or count == 1:
-            from scp.server import run_receiver
+            from scp.receiver import run_receiver
 
             sys.exit(run_receiver(settings, port, ae_title, storage_dir, slot or 0))
     except OutboxInUse as exc:
@@ -137,7 +137,7 @@ def quarantine() -> None:
 
 
 def _outboxes(settings: Settings) -> list[tuple[int, Path]]:
-    from scp.server import outbox_path, slot_of_outbox
+    from scp.receiver import outbox_path, slot_of_outbox
 
     base = outbox_path(settings, 0)
     found = [(0, base)] if base.exists() else []

@@ -25,13 +25,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
-from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance  # type: ignore[attr-defined]
 
 from domain.errors import ConfigurationError
 from domain.events import CommitmentRequest, encode_commitment_request
 from domain.uids import is_valid_uid
-from scp.handlers import ReceiverDeps
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +40,9 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 NO_SUCH_ACTION = 0x0123
 INVALID_ARGUMENT_VALUE = 0x0115
+NO_SUCH_SOP_CLASS = 0x0118
 SUCCESS = 0x0000
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP Instance (PS3.4 J.3.1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -214,14 +214,32 @@ def commitment_records(
     return records
 
 
-def handle_n_action(event: Event, deps: ReceiverDeps) -> tuple[int, Dataset | None]:
-    """EVT_N_ACTION: answer at once; publish the commitment records; report on the association afterwards."""
+@dataclass(frozen=True, slots=True)
+class CommitmentReport:
+    """The N-EVENT-REPORT a Storage Commitment request is answered with (PS3.4 J.3.3)."""
+
+    transaction_uid: str
+    event_type: int
+    info: Dataset
+    instance_uid: str = STORAGE_COMMITMENT_INSTANCE
+
+
+def commitment_action(
+    deps: Any, command: Dataset, info: Dataset | None, calling_ae: str
+) -> tuple[int, CommitmentReport | None]:
+    """N-ACTION of Storage Commitment: the status to answer at once, and the report to send afterwards.
+
+    The commitment records (one per study, in parts) go to the outbox after the study's instance events.
+    """
     metrics = deps.metrics
-    if int(event.request.ActionTypeID or 0) != REQUEST_COMMITMENT_ACTION:
+    if str(command.get("RequestedSOPClassUID", "")).strip() != str(StorageCommitmentPushModel):
+        metrics.commitments.labels(outcome="refused").inc()
+        return NO_SUCH_SOP_CLASS, None
+    if int(command.get("ActionTypeID", 0) or 0) != REQUEST_COMMITMENT_ACTION:
         metrics.commitments.labels(outcome="refused").inc()
         return NO_SUCH_ACTION, None
     try:
-        request = read_request(event.action_information)
+        request = read_request(info)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed input
         LOG.warning("storage commitment request unreadable (%s)", type(exc).__name__)
         request = None
@@ -232,7 +250,6 @@ def handle_n_action(event: Event, deps: ReceiverDeps) -> tuple[int, Dataset | No
     outcome = judge_commitment(
         references, deps.index.lookup(sop for _, sop in references), lambda path: Path(path).is_file()
     )
-    calling_ae = str(event.assoc.requestor.ae_title).strip()
     records = commitment_records(transaction_uid, outcome, calling_ae, datetime.now(UTC), deps.commitment_max_uids)
     for record in records:
         deps.outbox.add_record(record.study_uid, encode_commitment_request(record))
@@ -245,54 +262,13 @@ def handle_n_action(event: Event, deps: ReceiverDeps) -> tuple[int, Dataset | No
         len(outcome.failed),
         len(outcome.studies),
     )
-    # pynetdicom sends the N-ACTION response when this handler returns; the report must follow it, so
-    # it goes from another thread (send_n_event_report pauses the association's reactor meanwhile).
-    threading.Thread(
-        target=_send_report,
-        args=(event.assoc, calling_ae, transaction_uid, outcome, deps.report_route),
-        name="commitment-report",
-        daemon=True,
-    ).start()
-    return SUCCESS, None
+    event_type, report = build_report(transaction_uid, outcome)
+    return SUCCESS, CommitmentReport(transaction_uid, event_type, report)
 
 
-def _send_report(
-    assoc: Any, calling_ae: str, transaction_uid: str, outcome: CommitmentOutcome, route: ReportRoute | None
-) -> None:
-    event_type, info = build_report(transaction_uid, outcome)
-    if route is not None and calling_ae in route.peers:
-        # A configured listener means the sender expects the result there (it may release at once).
-        host, port = route.peers[calling_ae]
-        where = f"new association to {calling_ae}@{host}:{port}"
-        delivered = _report_on_new_association(route, calling_ae, host, port, event_type, info, transaction_uid)
-    else:
-        where = "requesting association"
-        delivered = assoc.is_established and _report(assoc, event_type, info, transaction_uid)
-    if delivered:
-        LOG.info("storage commitment %s: result delivered on the %s", transaction_uid, where)
-    else:
-        LOG.warning(
-            "storage commitment %s: result not delivered on the %s (for senders that release at once, name "
-            "their listener in STUDYSTREAM_RECEIVER_COMMITMENT_PEERS): the sender must ask again",
-            transaction_uid,
-            where,
-        )
-
-
-def _report(assoc: Any, event_type: int, info: Dataset, transaction_uid: str) -> bool:
-    try:
-        status, _ = assoc.send_n_event_report(
-            info, event_type, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
-        )
-    except Exception as exc:  # noqa: BLE001 - the association may be gone meanwhile
-        LOG.info("storage commitment %s: report failed (%s)", transaction_uid, type(exc).__name__)
-        return False
-    return int(status.get("Status", 0xFFFF)) == SUCCESS
-
-
-def _report_on_new_association(
-    route: ReportRoute, peer_ae: str, host: str, port: int, event_type: int, info: Dataset, transaction_uid: str
-) -> bool:
+def report_on_new_association(route: ReportRoute, peer_ae: str, report: CommitmentReport) -> bool:
+    """Send the report on an association to the sender's own listener (we request it and act as SCP)."""
+    host, port = route.peers[peer_ae]
     ae = AE(ae_title=route.our_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = route.timeout
     ae.add_requested_context(StorageCommitmentPushModel)
@@ -301,11 +277,17 @@ def _report_on_new_association(
     try:
         assoc = ae.associate(host, port, ae_title=peer_ae, ext_neg=[role])
     except Exception as exc:  # noqa: BLE001 - unreachable peer, bad address
-        LOG.info("storage commitment %s: cannot associate with %s (%s)", transaction_uid, peer_ae, exc)
+        LOG.info("storage commitment %s: cannot associate with %s (%s)", report.transaction_uid, peer_ae, exc)
         return False
     if not assoc.is_established:
         return False
     try:
-        return _report(assoc, event_type, info, transaction_uid)
+        status, _ = assoc.send_n_event_report(
+            report.info, report.event_type, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+        )
+    except Exception as exc:  # noqa: BLE001 - the association may be gone meanwhile
+        LOG.info("storage commitment %s: report failed (%s)", report.transaction_uid, type(exc).__name__)
+        return False
     finally:
         assoc.release()
+    return int(status.get("Status", 0xFFFF)) == SUCCESS

@@ -28,6 +28,15 @@ class ReceiverMetrics:
         self.failures = Counter(
             "studystream_receiver_failures", "C-STOREs refused or failed, by reason", ["reason"], registry=self.registry
         )
+        self.associations_accepted = Counter(
+            "studystream_receiver_associations_accepted", "Associations accepted", registry=self.registry
+        )
+        self.associations_aborted = Counter(
+            "studystream_receiver_associations_aborted",
+            "Associations aborted, by who (peer, protocol_error)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.associations_rejected = Counter(
             "studystream_receiver_associations_rejected", "Associations rejected", ["reason"], registry=self.registry
         )

@@ -81,6 +81,16 @@ class OutboxEntry:
     created: float  # time.time() when the event was committed
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """One add waiting for its group's commit."""
+
+    row: tuple[str, str, str, str, bytes]
+    row_id: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+
 class OutboxInUse(RuntimeError):
     """Another process holds this outbox."""
 
@@ -111,6 +121,9 @@ class Outbox:
         self._db.execute(_SCHEMA)
         self._db.execute(_QUARANTINE_SCHEMA)
         self._lock = threading.Lock()
+        self._group = threading.Condition()
+        self._queue: list[_Waiting] = []
+        self._committing = False
         self._in_flight: set[int] = set()
         # Rows whose file was never placed but whose delete failed (disk full, SQLite error): never
         # published, never blocking their study's later rows; deleted at the next confirm, or by recover().
@@ -157,15 +170,48 @@ class Outbox:
         self._listeners.append(listener)
 
     def add(self, event: InstanceEvent) -> int:
-        """Commit ``event`` durably; it stays in flight (unpublished) until :meth:`release`."""
-        value = encode_instance_event(event)
+        """Commit ``event`` durably; it stays in flight (unpublished) until :meth:`release`.
+
+        Group commit: the adds of every thread waiting at the same moment share one transaction, so one
+        disk flush makes all of them durable (the receive rate with fsync approaches the rate without).
+        """
+        row = (event.study_uid, event.sop_instance_uid, event.stored_path, event.sha256, encode_instance_event(event))
+        waiting = _Waiting(row)
+        with self._group:
+            self._queue.append(waiting)
+            while not waiting.done:
+                if self._committing:
+                    self._group.wait()
+                    continue
+                self._committing, batch, self._queue = True, self._queue, []
+                self._group.release()
+                try:
+                    self._commit_group(batch)
+                finally:
+                    self._group.acquire()
+                    self._committing = False
+                    self._group.notify_all()
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.row_id
+
+    def _commit_group(self, batch: list[_Waiting]) -> None:
+        now = time.time()
         with self._lock:
-            cursor = self._db.execute(
-                _INSERT, (event.study_uid, event.sop_instance_uid, event.stored_path, event.sha256, value, time.time())
-            )
-            row_id = int(cursor.lastrowid or 0)
-            self._in_flight.add(row_id)
-        return row_id
+            try:
+                self._db.execute("BEGIN")
+                for item in batch:
+                    item.row_id = int(self._db.execute(_INSERT, (*item.row, now)).lastrowid or 0)
+                self._db.execute("COMMIT")
+                self._in_flight.update(item.row_id for item in batch)
+            except (sqlite3.Error, OSError) as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                for item in batch:
+                    item.error = exc
+            finally:
+                for item in batch:
+                    item.done = True
 
     def add_record(self, study_uid: str, value: bytes) -> int:
         """Commit a record that is no instance (no file): published after the study's earlier events."""

@@ -1,4 +1,4 @@
-"""Drains the outbox to Kafka (acks=all, idempotent producer) in its own thread and asyncio loop.
+"""Drains the outbox to Kafka (acks=all, idempotent producer), a task in the receiver's event loop.
 
 The loop never touches SQLite itself (outbox calls run in worker threads). A failed round closes the
 producer, waits with exponential backoff and starts over from the outbox, so events wait there however
@@ -59,15 +59,16 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = threading.Event()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="receiver-publisher", daemon=True)
+        self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.quarantine_depth = 0
 
     def start(self) -> None:
-        self._thread.start()
-        self._started.wait()
+        """Run in the receiver's event loop (the caller's), beside the associations."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         self.outbox.on_release(self.notify)
+        self._task = asyncio.create_task(self._main(), name="receiver-publisher")
 
     def notify(self) -> None:
         """Thread-safe: new events are publishable."""
@@ -77,19 +78,17 @@ class Publisher:
             except RuntimeError:  # the loop closed meanwhile: we are shutting down
                 pass
 
-    def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float) -> None:
         """Publish what is publishable (within ``timeout``), then stop."""
         self._stopping.set()
         self.notify()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._started.set()
         backoff = self.settings.receiver_publish_retry_initial
         producer: AIOKafkaProducer | None = None
         next_probe = 0.0

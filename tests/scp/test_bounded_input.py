@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -125,3 +126,86 @@ def test_a_second_receiver_on_the_same_state_directory_refuses_to_start_and_leav
     else:
         raise AssertionError("a second receiver started on the same state directory")
     assert staged.read_bytes() == b"half an instance still arriving"
+
+
+def c_store(port: int, path: Path) -> int:
+    """The C-STORE status of ``path``'s bytes sent as they are in the file (pynetdicom, chunked)."""
+    from pydicom import dcmread
+    from pynetdicom import AE, _config
+
+    meta = dcmread(path, stop_before_pixels=True).file_meta
+    ae = AE(ae_title="LIMITS")
+    ae.add_requested_context(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="STUDYSTREAM")
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(path).Status)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def deflate_bomb(directory: Path, inflated_bytes: int) -> Path:
+    """A Deflated Explicit VR instance of a few hundred KB whose pixel data inflates to ``inflated_bytes``."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = make_dataset()
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    pixel_header = b"\xe0\x7f\x10\x00OW\x00\x00" + inflated_bytes.to_bytes(4, "little")
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = directory / "bomb.dcm"
+    directory.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        out.write(b"\x00" * 128 + b"DICM" + meta.getvalue())
+        out.write(packer.compress(head.getvalue() + pixel_header))
+        zeros = bytes(8 * 1024 * 1024)
+        for _ in range(inflated_bytes // len(zeros)):
+            out.write(packer.compress(zeros))
+        out.write(packer.flush())
+    return path
+
+
+def peak_rss_kb(receiver) -> int:
+    status = Path(f"/proc/{receiver.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_a_dataset_past_the_size_limit_is_refused_and_a_deflate_bomb_inflates_no_further_than_its_bound(
+    receiver_factory, kafka: Settings, tmp_path: Path
+) -> None:
+    receiver = receiver_factory(
+        STUDYSTREAM_RECEIVER_MAX_DATASET_BYTES=str(5_000_000),
+        STUDYSTREAM_RECEIVER_MAX_INFLATED_BYTES=str(64 * 1024 * 1024),
+    ).start()
+    too_big = write_dataset(make_dataset(pixels=1700), tmp_path / "big")  # 5.8 MB of pixel data
+    assert c_store(receiver.port, too_big) == 0xA700
+    bomb = deflate_bomb(tmp_path / "bomb", 512 * 1024 * 1024)
+    assert bomb.stat().st_size < 4_000_000  # a few MB on the wire
+    assert c_store(receiver.port, bomb) == 0xA700
+    assert peak_rss_kb(receiver) < 300_000, "the bomb was inflated in memory"
+    normal = make_dataset()
+    assert c_store(receiver.port, write_dataset(normal, tmp_path / "normal")) == 0
+    (event,) = read_events(kafka, receiver.topic, expected=1)
+    assert event[1]["sop_instance_uid"] == str(normal.SOPInstanceUID)
+    metrics = receiver.metrics()
+    assert 'reason="too_large"} 1.0' in metrics and 'reason="inflates_too_large"} 1.0' in metrics
+    assert not any((receiver.storage / ".incoming" / "0").iterdir())
+
+
+def test_below_the_free_disk_floor_every_c_store_is_refused_at_once(receiver_factory, tmp_path: Path) -> None:
+    receiver = receiver_factory(STUDYSTREAM_RECEIVER_MIN_FREE_BYTES=str(10**18)).start()
+    assert c_store(receiver.port, write_dataset(make_dataset(), tmp_path / "in")) == 0xA700
+    assert 'reason="disk_full"} 1.0' in receiver.metrics()
+    assert receiver.stored_files() == []

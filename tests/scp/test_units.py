@@ -16,9 +16,9 @@ from pydicom.filewriter import dcmwrite, write_file_meta_info
 from app.settings import Settings
 from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect, person_name
 from domain.events import InstanceEvent, decode_instance_event, encode_instance_event
-from scp.handlers import CallingAllowlist
+from scp.negotiation import CallingAllowlist
 from scp.outbox import Outbox, OutboxInUse
-from scp.server import adopt_orphan_outboxes, outbox_path, slot_of_outbox
+from scp.receiver import adopt_orphan_outboxes, outbox_path, slot_of_outbox
 from scp.storage import InstanceStore, file_sha256
 from tests.scp.conftest import make_dataset
 

@@ -1,0 +1,276 @@
+"""The C-STORE path as named steps: stage the dataset as it arrives, read and identify it, commit it durably.
+
+1. :class:`StagedInstance` — each P-DATA fragment is written to a temporary file beside its final place
+   (File Meta Information first, then the bytes as received, hashed on the way); past
+   ``receiver_max_dataset_bytes``, or below ``receiver_min_free_bytes`` of free disk, it stops writing,
+   removes the partial file and keeps only the refusal (the sender still sends the rest, which is read
+   and dropped, then gets 0xA700).
+2. :func:`identify` — the stored bytes are read without pixel data (a deflated dataset is first inflated
+   into a second temporary file, never past ``receiver_max_inflated_bytes``), checked, and turned into
+   the instance event.
+3. :func:`commit_durably` — under the SOP Instance UID's placement lock, the event is committed to the
+   outbox (grouped with the other associations' commits), the file flushed and renamed into place;
+   only then does the sender get success.
+
+Every refusal is a :class:`~domain.statuses.StoreRefused` with its reason; the status comes from
+:data:`domain.statuses.REFUSAL_STATUS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+from domain.dicom_event import EventLimits, InstanceRejected, Reception, check_identity, instance_event, parse_defect
+from domain.events import InstanceEvent, encode_instance_event
+from domain.statuses import StoreRefused
+from scp.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from scp.outbox import Outbox
+from scp.storage import InstanceStore, StorageError, StoredInstance
+
+LOG = logging.getLogger("studystream.receiver")
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+_INFLATE_CHUNK = 1024 * 1024
+EVENT_ROOM_BYTES = 64 * 1024  # what an event may not take of max_message_bytes (framing, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    max_dataset_bytes: int
+    max_inflated_bytes: int
+    min_free_bytes: int
+    max_event_bytes: int
+    event: EventLimits
+
+
+class StagedInstance:
+    """The temporary file one C-STORE's dataset streams into (see the module doc)."""
+
+    def __init__(
+        self, store: InstanceStore, sop_class: str, sop_instance: str, transfer_syntax: str, limits: StoreLimits
+    ) -> None:
+        self.limits = limits
+        self.transfer_syntax = transfer_syntax
+        self.refused: StoreRefused | None = None
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self.path: Path | None = None
+        self._file = None
+        try:
+            free = shutil.disk_usage(store.incoming).free
+        except OSError as exc:
+            self.refused = StoreRefused("storage_error", f"cannot check free space: {exc.strerror}")
+            return
+        if free < limits.min_free_bytes:
+            self.refused = StoreRefused("disk_full", f"{free} bytes free, the floor is {limits.min_free_bytes}")
+            return
+        try:
+            fd, name = tempfile.mkstemp(dir=store.incoming, suffix=".dcm")
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+            meta = create_file_meta(
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                transfer_syntax=transfer_syntax,
+                implementation_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version=IMPLEMENTATION_VERSION,
+            )
+            self._write(b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
+        except OSError as exc:
+            self._fail(StoreRefused("storage_error", f"cannot stage: {exc.strerror}"))
+        except Exception as exc:  # noqa: BLE001 - the request's UIDs did not encode as File Meta
+            self._fail(StoreRefused("malformed_uid", f"request UIDs unusable ({type(exc).__name__})"))
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._digest.update(data)
+
+    def write(self, chunk: bytes) -> None:
+        """A fragment's bytes, in order; ignored once the instance is refused."""
+        if self.refused is not None:
+            return
+        self.size += len(chunk)
+        if self.size > self.limits.max_dataset_bytes:
+            self._fail(StoreRefused("too_large", f"dataset past {self.limits.max_dataset_bytes} bytes"))
+            return
+        try:
+            self._write(chunk)
+        except OSError as exc:
+            self._fail(StoreRefused("storage_error", f"cannot write: {exc.strerror}"))
+
+    def finish(self) -> Path:
+        """The complete staged file (flushed to the OS, not yet to disk); raises the refusal if any."""
+        if self.refused is not None:
+            raise self.refused
+        assert self._file is not None and self.path is not None
+        try:
+            self._file.close()
+        except OSError as exc:
+            self._fail(StoreRefused("storage_error", f"cannot write: {exc.strerror}"))
+            raise self.refused from None  # type: ignore[misc]
+        return self.path
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def _fail(self, refusal: StoreRefused) -> None:
+        self.refused = refusal
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the partial file (an abort, a refusal, a failed commit)."""
+        if self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _inflated_copy(staged: Path, store: InstanceStore, limit: int) -> Path:
+    """A temporary copy of a deflated instance with its dataset inflated, never past ``limit`` bytes.
+
+    pydicom inflates a whole deflated dataset in memory before anything can be checked; this does it in
+    chunks, into a file, and gives up at the bound.
+    """
+    with staged.open("rb") as source:
+        source.seek(132)  # preamble and "DICM"; then (0002,0000) UL, explicit VR: its value at bytes 8-11
+        group_length = int.from_bytes(source.read(12)[8:12], "little")
+        source.seek(132 + 12 + group_length)
+        # Only for the parse: explicit VR little endian once inflated.
+        meta = create_file_meta(sop_class_uid="1.2", sop_instance_uid="1.2", transfer_syntax=EXPLICIT_LITTLE)
+        fd, name = tempfile.mkstemp(dir=store.incoming, suffix=".inflated")
+        out_path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
+                inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                written = 0
+                while chunk := source.read(_INFLATE_CHUNK):
+                    data = inflater.decompress(chunk, _INFLATE_CHUNK)
+                    while True:
+                        written += len(data)
+                        if written > limit:
+                            raise StoreRefused("inflates_too_large", f"inflates past {limit} bytes")
+                        out.write(data)
+                        if not inflater.unconsumed_tail:
+                            break
+                        data = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
+        except zlib.error:
+            out_path.unlink(missing_ok=True)
+            raise StoreRefused("unparseable", "deflated data does not inflate") from None
+        except BaseException:
+            out_path.unlink(missing_ok=True)
+            raise
+    return out_path
+
+
+def read_header(staged: Path, transfer_syntax: str, size: int, store: InstanceStore, limits: StoreLimits) -> Dataset:
+    """The dataset without pixel data, checked for defects pydicom reads past."""
+    parsed_path, parsed_syntax = staged, transfer_syntax
+    if transfer_syntax == DEFLATED:
+        parsed_path, parsed_syntax = _inflated_copy(staged, store, limits.max_inflated_bytes), EXPLICIT_LITTLE
+    try:
+        dataset = dcmread(parsed_path, stop_before_pixels=True, defer_size="256 KB")
+        defect = parse_defect(dataset, parsed_syntax, parsed_path.stat().st_size if parsed_path != staged else size)
+    except StoreRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed input
+        raise StoreRefused("unparseable", type(exc).__name__) from None
+    finally:
+        if parsed_path != staged:
+            parsed_path.unlink(missing_ok=True)
+    if defect:
+        raise StoreRefused("unparseable", defect)
+    return dataset
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What the association knows of one C-STORE besides its bytes."""
+
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+
+
+def identify(
+    staged: StagedInstance, path: Path, arrival: Arrival, store: InstanceStore, limits: StoreLimits
+) -> tuple[InstanceEvent, Path]:
+    """Step 2: the instance event and the path it goes to, or :class:`StoreRefused`."""
+    dataset = read_header(path, arrival.transfer_syntax, path.stat().st_size, store, limits)
+    try:
+        identity = check_identity(dataset, arrival.sop_class, arrival.sop_instance)
+    except InstanceRejected as exc:
+        raise StoreRefused(exc.reason, exc.detail) from None
+    try:
+        target = store.path_for(identity.study_uid, identity.series_uid, identity.sop_instance_uid)
+    except StorageError as exc:
+        raise StoreRefused("storage_error", str(exc)) from None
+    reception = Reception(
+        transfer_syntax_uid=arrival.transfer_syntax,
+        calling_ae=arrival.calling_ae,
+        called_ae=arrival.called_ae,
+        peer_address=arrival.peer_address,
+        received_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        stored_path=str(target),
+        size=path.stat().st_size,
+        sha256=staged.sha256,
+    )
+    try:
+        event = instance_event(dataset, identity, reception, limits.event)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed values
+        raise StoreRefused("unparseable", type(exc).__name__) from None
+    if len(encode_instance_event(event)) > limits.max_event_bytes:
+        raise StoreRefused("event_too_large", "the instance event does not fit one Kafka message")
+    return event, target
+
+
+def commit_durably(
+    path: Path, event: InstanceEvent, target: Path, store: InstanceStore, outbox: Outbox
+) -> tuple[StoredInstance, int]:
+    """Step 3: outbox row and file durable, in that order, under the SOP's placement lock. Returns the row."""
+    data_sync = store.start_sync(path)  # the file's flush overlaps the outbox commit
+    with store.placing(target) as placed_at_ns:
+        instance = msgspec.structs.replace(event, placed_at_ns=placed_at_ns)
+        try:
+            row_id = outbox.add(instance)
+        except (sqlite3.Error, OSError) as exc:
+            if data_sync is not None:
+                data_sync.exception()  # let the flush finish before the caller deletes the staged file
+            raise StoreRefused("outbox_error", f"{type(exc).__name__}: {exc}") from None
+        try:
+            stored = store.commit(path, target, instance.sha256, data_sync)
+        except StorageError as exc:
+            outbox.discard(row_id)
+            raise StoreRefused("storage_error", str(exc)) from None
+    if stored.duplicate or stored.replaced:
+        # Known only after the store's locked comparison: correct the row before it is released.
+        final = msgspec.structs.replace(instance, duplicate=stored.duplicate, replaced=stored.replaced)
+        try:
+            outbox.rewrite(row_id, final)
+        except (sqlite3.Error, OSError) as exc:
+            # The file is in place and the row holds a valid (merely unflagged) event: publish that.
+            LOG.warning("C-STORE %s: could not flag the event (%s)", event.sop_instance_uid, exc)
+    return stored, row_id

@@ -1,0 +1,128 @@
+"""The DICOM upper layer's PDUs on an asyncio stream: framing, bounds and timeouts (PS3.8 9.3).
+
+Reading never holds more than a bounded amount of one PDU in memory: association PDUs are at most
+:data:`MAX_CONTROL_PDU` bytes; a P-DATA-TF PDU, however long its peer makes it, is read item by item
+and each fragment in chunks, handed to the caller as it arrives. Every read has a deadline, so a peer
+that sends nothing, or one byte a second, is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x01, 0x02, 0x03, 0x04
+A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x05, 0x06, 0x07
+KNOWN_TYPES = frozenset(range(1, 8))
+MAX_CONTROL_PDU = 256 * 1024  # an A-ASSOCIATE-RQ with 128 contexts is ~30 KB
+CHUNK = 64 * 1024  # a fragment is read in pieces of this size, each within the network timeout
+
+# A-ABORT sources and A-P-ABORT provider reasons (PS3.8 9.3.8)
+SOURCE_SERVICE_USER, SOURCE_SERVICE_PROVIDER = 0x00, 0x02
+REASON_NOT_SPECIFIED, UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x00, 0x01, 0x02
+UNRECOGNIZED_PARAMETER, UNEXPECTED_PARAMETER, INVALID_PARAMETER = 0x04, 0x05, 0x06
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: the association is aborted with this A-P-ABORT reason."""
+
+    def __init__(self, message: str, reason: int = INVALID_PARAMETER) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PeerGone(Exception):
+    """The connection closed, was reset, or went silent past its timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class PdvHeader:
+    context_id: int
+    is_command: bool
+    is_last: bool
+    length: int  # bytes of the fragment that follow
+
+
+def pdu(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, len(body)) + body
+
+
+def abort(source: int = SOURCE_SERVICE_PROVIDER, reason: int = REASON_NOT_SPECIFIED) -> bytes:
+    return pdu(A_ABORT, bytes((0, 0, source, reason)))
+
+
+def release_rp() -> bytes:
+    return pdu(A_RELEASE_RP, b"\x00" * 4)
+
+
+def p_data(context_id: int, is_command: bool, is_last: bool, fragment: bytes) -> bytes:
+    """One P-DATA-TF with one PDV item."""
+    header = (1 if is_command else 0) | (2 if is_last else 0)
+    item = struct.pack(">LBB", len(fragment) + 2, context_id, header) + fragment
+    return pdu(P_DATA_TF, item)
+
+
+def fragments(context_id: int, is_command: bool, data: bytes, peer_max_pdu: int) -> list[bytes]:
+    """``data`` as P-DATA-TF PDUs no longer than the peer accepts (0: no limit)."""
+    room = peer_max_pdu - 6 if peer_max_pdu else len(data) or 1  # PDV item header: 4 + 2 bytes
+    room = max(room, 1)
+    pieces = [data[i : i + room] for i in range(0, len(data), room)] or [b""]
+    return [p_data(context_id, is_command, i == len(pieces) - 1, piece) for i, piece in enumerate(pieces)]
+
+
+class PduReader:
+    def __init__(self, reader: asyncio.StreamReader, timeout: float) -> None:
+        self.reader = reader
+        self.timeout = timeout
+
+    async def _exactly(self, n: int, timeout: float | None = None) -> bytes:
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(n), timeout or self.timeout)
+        except asyncio.IncompleteReadError:
+            raise PeerGone("connection closed") from None
+        except (ConnectionError, OSError) as exc:
+            raise PeerGone(f"connection lost ({type(exc).__name__})") from None
+        except TimeoutError:
+            raise PeerGone("timed out") from None
+
+    async def header(self, timeout: float | None = None) -> tuple[int, int]:
+        """(PDU type, length) of the next PDU; an unknown type is a protocol error."""
+        pdu_type, _, length = struct.unpack(">BBL", await self._exactly(6, timeout))
+        if pdu_type not in KNOWN_TYPES:
+            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02x}", UNRECOGNIZED_PDU)
+        return pdu_type, length
+
+    async def body(self, pdu_type: int, length: int) -> bytes:
+        """The variable field of a PDU other than P-DATA-TF."""
+        if length > MAX_CONTROL_PDU:
+            raise ProtocolError(f"PDU 0x{pdu_type:02x} of {length} bytes", INVALID_PARAMETER)
+        return await self._exactly(length)
+
+    async def pdv_items(self, length: int) -> AsyncIterator[tuple[PdvHeader, AsyncIterator[bytes]]]:
+        """The PDV items of a P-DATA-TF of ``length`` bytes, each with its fragment as chunks."""
+        remaining = length
+        if remaining < 6:
+            raise ProtocolError("P-DATA-TF without a PDV item")
+        while remaining > 0:
+            if remaining < 6:
+                raise ProtocolError("PDV item header runs past the PDU")
+            item_length, context_id, control = struct.unpack(">LBB", await self._exactly(6))
+            remaining -= 4
+            if item_length < 2 or item_length > remaining:
+                raise ProtocolError("PDV item length disagrees with the PDU length")
+            if context_id % 2 == 0 or control & 0xFC:
+                raise ProtocolError("PDV item with an invalid context ID or control header")
+            remaining -= item_length
+            header = PdvHeader(context_id, bool(control & 1), bool(control & 2), item_length - 2)
+            chunks = self._chunks(header.length)
+            yield header, chunks
+            async for _ in chunks:  # what the caller did not read is skipped
+                pass
+
+    async def _chunks(self, length: int) -> AsyncIterator[bytes]:
+        while length > 0:
+            piece = await self._exactly(min(CHUNK, length))
+            length -= len(piece)
+            yield piece
