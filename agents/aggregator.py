@@ -33,13 +33,13 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from agents import consumer as consumer_view
 from agents.policy import MessagePolicy, WorkerStopping
 from app.settings import Settings
 from domain import study as domain
 from domain.batch import BatchState, apply_commitment, apply_event
 from domain.errors import InfrastructureError, InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent, decode_raw_record
-from domain.progress import StallDetector
 from domain.ready import StudyReady, build_study_ready, encode_study_ready
 from domain.uids import is_valid_uid
 from infra.topics import create_topics_async
@@ -112,7 +112,6 @@ class StudyAggregator:
         # only: after a restart they are unknown until input flows, which makes is_ready wait.
         self.next_offset: dict[int, int] = {}
         self.event_watermark: dict[int, float] = {}
-        self.stalls = StallDetector(settings.aggregator_stall_timeout)
         # Study → (last_wall_time it was checked at, when): the timer's memory of checks in flight.
         self.checks_sent: dict[str, tuple[float, float]] = {}
 
@@ -127,13 +126,12 @@ class StudyAggregator:
             if tp.topic == self.settings.topic_raw:
                 self.next_offset.pop(tp.partition, None)
                 self.event_watermark.pop(tp.partition, None)
-                self.stalls.forget(tp.partition)
 
     def processed_position(self, partition: int) -> int | None:
         """Offset of the next imaging.raw message to process: what was read, else the committed offset."""
         next_offset = self.next_offset.get(partition)
         if next_offset is None:
-            next_offset = self.app.consumer._committed_offset.get(TP(self.settings.topic_raw, partition))
+            next_offset = consumer_view.committed_offset(self.app.consumer, TP(self.settings.topic_raw, partition))
         return next_offset
 
     # --- one batch ---
@@ -371,56 +369,6 @@ class StudyAggregator:
             sent += 1
         return sent
 
-    # --- input watchdog ---
-
-    async def watch_input(self) -> list[int]:
-        """Seek back any owned imaging.raw partition that lags without progress; returns those partitions.
-
-        Seen intermittently (Faust 0.15.3, aiokafka 0.14): after a takeover rebalance a newly assigned
-        partition was never delivered to the agent although records waited, and its studies never became
-        ready. Seeking to where this worker had processed up to (duplicates are skipped) restarts the
-        delivery; the warning says what the consumer looked like, to tell a pause from lost records.
-        """
-        if self.app.rebalancing or self.app.in_recovery:
-            return []
-        consumer = self.app.consumer
-        owned = [tp for tp in consumer.assignment() if tp.topic == self.settings.topic_raw]
-        if not owned:
-            return []
-        end_offsets = await consumer.highwaters(*owned)
-        positions = {tp: self.processed_position(tp.partition) for tp in owned}
-        unknown = [tp for tp, position in positions.items() if position is None]
-        # Never read and never committed: the group starts such a partition at its beginning.
-        if unknown:
-            positions.update(await consumer.earliest_offsets(*unknown))
-        now = time.monotonic()
-        stalled: list[int] = []
-        for tp in owned:
-            position = positions.get(tp)
-            if not self.stalls.observe(tp.partition, position, end_offsets.get(tp), now):
-                continue
-            stalled.append(tp.partition)
-            self.counters["stalled_partitions"] += 1
-            paused = tp in consumer._paused_partitions
-            log.warning(
-                "%s[%d] stalled for %.0f s at offset %s of %s (fetch position %s, paused %s, active %s): "
-                "seeking back to %s",
-                tp.topic,
-                tp.partition,
-                self.settings.aggregator_stall_timeout,
-                position,
-                end_offsets.get(tp),
-                await consumer.position(tp),
-                paused,
-                tp in consumer._active_partitions,
-                position,
-            )
-            if paused:
-                consumer.resume_partitions({tp})
-            await consumer.seek_wait({tp: position})
-            self.stalls.forget(tp.partition)
-        return stalled
-
 
 async def create_internal_topics(settings: Settings, tables: StudyTables, check_topic: str) -> None:
     """Create the changelog and check topics before Faust subscribes (a no-op when they exist).
@@ -461,7 +409,3 @@ def register(app: faust.App, aggregator: StudyAggregator, input_channel: faust.T
     @app.timer(settings.aggregator_check_interval)
     async def check_quiet_studies() -> None:
         await policy.timer_round("completeness timer", aggregator.scan_pending)
-
-    @app.timer(max(1.0, settings.aggregator_stall_timeout / 6))
-    async def watch_aggregator_input() -> None:
-        await policy.timer_round("input watchdog", aggregator.watch_input)

@@ -117,6 +117,8 @@ class MessagePolicy:
         self.stop_timeout = stop_timeout
         self.timer_failures: Counter[str] = Counter()
         self.stopping = False
+        # (topic, partition) → offset after the last message released: how far this worker handled its input.
+        self.handled: dict[tuple[str, int], int] = {}
 
     @staticmethod
     def hold(events: Iterable[Any]) -> None:
@@ -124,10 +126,13 @@ class MessagePolicy:
         for event in events:
             event.message.incref()
 
-    @staticmethod
-    def release(events: Iterable[Any]) -> None:
+    def release(self, events: Iterable[Any]) -> None:
         """The events are handled or dead-lettered: let Faust acknowledge (and later commit) them."""
+        handled = self.handled
         for event in events:
+            message = event.message
+            key = (message.topic, message.partition)
+            handled[key] = max(handled.get(key, 0), message.offset + 1)
             event.ack()
 
     async def handle(self, message: Any, stage: str, handler: Callable[[], Awaitable[None]]) -> None:

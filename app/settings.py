@@ -82,9 +82,9 @@ class Settings(BaseSettings):
     aggregator_stall_timeout: float = Field(
         30.0,
         gt=0,
-        description="Seconds an owned imaging.raw partition may lag behind its end without any progress before "
-        "the worker logs it and seeks it back to where it had processed up to (a partition Faust stopped "
-        "fetching after a rebalance, seen in tests).",
+        description="Seconds an owned input partition (imaging.raw, imaging.study.ready, the retry and internal "
+        "topics) may lag behind its end without any progress before the worker logs it and seeks it back to "
+        "where it had handled records up to (a partition Faust stopped delivering after a rebalance, seen in tests).",
     )
     aggregator_producer_linger: float = Field(
         0.01,

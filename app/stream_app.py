@@ -19,6 +19,7 @@ import faust
 from agents import aggregator as aggregator_agent
 from agents import uploader as uploader_agent
 from agents.policy import DeadLetterWriter, MessagePolicy
+from agents.watchdog import InputWatchdog
 from app.settings import Settings, get_settings
 from infra.control import ControlState
 from tables.outcomes import UploadOutcomes
@@ -163,8 +164,26 @@ def build_worker(settings: Settings, control: ControlState) -> Worker:
     aggregator_agent.register(app, aggregator, aggregator_input, study_check_topic_name(settings))
     uploader_agent.register(app, uploader, channels.input, channels.retry, upload_due_topic_name(settings))
     views.register(app, web)
+    watchdog = InputWatchdog(
+        app,
+        [settings.topic_raw, study_check_topic_name(settings), settings.topic_ready, settings.topic_retry,
+         upload_due_topic_name(settings)],
+        policy.handled,
+        settings.aggregator_stall_timeout,
+    )  # fmt: skip
+    register_watchdog(app, watchdog, policy)
     register_quiet_logging(app)
     return Worker(settings, control, app, topics, policy, tables, outcomes, aggregator, uploader, web)
+
+
+def register_watchdog(app: faust.App, watchdog: InputWatchdog, policy: MessagePolicy) -> None:
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        watchdog.forget(revoked)
+
+    @app.timer(max(1.0, watchdog.timeout / 6))
+    async def watch_input() -> None:
+        await policy.timer_round("input watchdog", watchdog.round)
 
 
 def register_quiet_logging(app: faust.App) -> None:

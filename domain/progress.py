@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 
@@ -15,9 +16,9 @@ class StallDetector:
     """
 
     timeout: float
-    _since: dict[int, tuple[int, float]] = field(default_factory=dict)
+    _since: dict[Hashable, tuple[int, float]] = field(default_factory=dict)
 
-    def observe(self, partition: int, position: int | None, end_offset: int | None, now: float) -> bool:
+    def observe(self, partition: Hashable, position: int | None, end_offset: int | None, now: float) -> bool:
         if position is None or end_offset is None or position >= end_offset:
             self._since.pop(partition, None)
             return False
@@ -27,5 +28,5 @@ class StallDetector:
             return False
         return now - seen[1] >= self.timeout
 
-    def forget(self, partition: int) -> None:
+    def forget(self, partition: Hashable) -> None:
         self._since.pop(partition, None)

@@ -1,1 +1,2 @@
-"""DICOM receiver (C-STORE SCP): storage, durable outbox, publisher, metrics."""
+"""DICOM receiver: an asyncio acceptor (C-STORE, C-ECHO, Storage Commitment SCP), storage, durable outbox,
+publisher, metrics."""

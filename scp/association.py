@@ -393,9 +393,7 @@ class Association:
         self.replies[message_id] = reply
         syntax = self.contexts[context_id].transfer_syntax[0]
         data = encode(report.info, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated) or b""
-        command = dimse.event_report_request(
-            message_id, STORAGE_COMMITMENT, report.instance_uid, report.event_type
-        )
+        command = dimse.event_report_request(message_id, STORAGE_COMMITMENT, report.instance_uid, report.event_type)
         try:
             async with self.send_lock:
                 for piece in pdu.fragments(context_id, True, command, self.peer_max_pdu):
@@ -469,4 +467,3 @@ def store_instance(deps: ReceiverDeps, staged: StagedInstance, arrival: Arrival)
         os._exit(70)
     deps.outbox.release(row_id)
     return SUCCESS
-

@@ -2,9 +2,10 @@
 
 A sender names instances in an N-ACTION (Transaction UID + Referenced SOP Sequence). The receiver
 looks each one up in its instance index (every stored instance, shared by the receiving processes),
-answers the N-ACTION at once, publishes one commitment record per study on ``imaging.raw`` (through
-the outbox, after the study's instance events) so the aggregator can call the study complete without
-waiting for the quiet period, and reports the outcome with an N-EVENT-REPORT on the same association.
+answers the N-ACTION at once (:func:`commitment_action`), publishes commitment records per study on
+``imaging.raw`` (through the outbox, after the study's instance events; in parts when long) so the
+aggregator can call the study complete without waiting for the quiet period, and reports the outcome
+with an N-EVENT-REPORT on the same association (:mod:`scp.association`).
 
 The report goes to the sender's own listener when ``STUDYSTREAM_RECEIVER_COMMITMENT_PEERS`` names its
 AE title (``AE=host:port``; the receiver requests that association and takes the SCP role by role

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 from pynetdicom.status import code_to_category
 
 from app.settings import Settings
+from domain import statuses
 from scu import commitment
 from scu.errors import AssociationFailed
 from scu.scan import (
@@ -200,6 +201,9 @@ def store_outcome(instance: InstanceFile, status: Dataset) -> InstanceOutcome | 
     comment = str(status.get("ErrorComment", "") or "")
     stored = category in _STORED_CATEGORIES
     reason = "" if category == "Success" else f"status 0x{int(code):04X} ({category})"
+    meaning = statuses.describe(int(code))
+    if meaning and not stored:
+        reason = f"{reason}: {meaning}"
     if comment:
         reason = f"{reason}: {comment}" if reason else comment
     return _outcome(instance, stored, int(code), reason)
