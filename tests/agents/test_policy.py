@@ -124,6 +124,7 @@ def test_classification() -> None:
 
 
 def test_a_held_message_is_acknowledged_only_when_released_and_the_stream_has_let_go() -> None:
+    rules, _, _ = policy(FakeTopic())
     consumer = FakeConsumer()
     held = message(offset=3)
     held.incref()  # the stream's own reference (Faust's conductor takes it on delivery)
@@ -131,5 +132,6 @@ def test_a_held_message_is_acknowledged_only_when_released_and_the_stream_has_le
     MessagePolicy.hold([event])
     held.ack(consumer)  # Faust's iteration moves on (or its take_events batch ends, even on an exception)
     assert consumer.acked == [] and not held.acked  # not acknowledged: the commit stays below offset 3
-    MessagePolicy.release([event])
+    rules.release([event])
     assert consumer.acked == [3] and held.acked
+    assert rules.handled == {(held.topic, held.partition): 4}  # progress the input watchdog compares against

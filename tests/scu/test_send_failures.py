@@ -65,7 +65,7 @@ def test_failure_status_is_reported_per_file(tmp_path: Path, pynetdicom_peer: Pe
     assert code == 1
     assert summary["stored"] == 2
     assert [(Path(f["path"]).stem, f["reason"]) for f in summary["failed_files"]] == [
-        (refused, "status 0xA700 (Failure)")
+        (refused, "status 0xA700 (Failure): the receiver is out of resources (storage, size limits): try again later")
     ]
 
 
