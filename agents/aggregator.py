@@ -34,12 +34,14 @@ import faust
 from faust.types import TP
 
 from agents import consumer as consumer_view
+from agents.options import identity_options
 from agents.policy import MessagePolicy, WorkerStopping
 from app.settings import Settings
 from domain import study as domain
-from domain.batch import BatchState, apply_commitment, apply_event
+from domain.batch import BatchState, apply_commitment, apply_event, apply_resolution
+from domain.dead_letters import DeadLetter
 from domain.errors import InfrastructureError, InvalidRecordError
-from domain.events import CommitmentRequest, InstanceEvent, decode_raw_record
+from domain.events import CommitmentRequest, InstanceEvent, PatientResolution, decode_raw_record
 from domain.ready import StudyReady, build_study_ready, encode_study_ready
 from domain.uids import is_valid_uid
 from infra.topics import create_topics_async
@@ -75,6 +77,7 @@ class ReadyDecision:
     record: StudyReady | None = None
     payload: bytes = b""
     build_ms: float = 0.0
+    conflict: bool = False  # instances of more than one patient: dead-lettered, not published
 
 
 def decode_check(message: Any) -> str:
@@ -107,6 +110,7 @@ class StudyAggregator:
         self.check_topic_name = check_topic.get_topic_name()
         self.policy = policy
         self.generation = generation
+        self.identity = identity_options(settings)
         self.counters: Counter[str] = Counter()
         # Per imaging.raw partition: next offset to process and the newest event time read. In memory
         # only: after a restart they are unknown until input flows, which makes is_ready wait.
@@ -139,7 +143,7 @@ class StudyAggregator:
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Handle a batch of imaging.raw and check events; release them once every one is handled."""
         self.policy.hold(events)
-        batch = BatchState(self.tables)
+        batch = BatchState(self.tables, self.identity)
         checks = []
         for event in events:
             message = event.message
@@ -177,6 +181,8 @@ class StudyAggregator:
             raise InfrastructureError("fault injection: the infrastructure failed on this record")
         if isinstance(record, CommitmentRequest):
             self.on_commitment(message, record, batch)
+        elif isinstance(record, PatientResolution):
+            self.on_resolution(message, record, batch)
         else:
             self.on_instance(message, record, batch)
 
@@ -226,6 +232,19 @@ class StudyAggregator:
                 len(request.sop_instance_uids),
             )
 
+    def on_resolution(self, message: Any, resolution: PatientResolution, batch: BatchState) -> None:
+        """An operator decided a patient conflict: the study's next revision is filed under that patient, now."""
+        if not apply_resolution(batch, resolution, message.partition, message.offset):
+            log.info("study %s: resolution %s changes nothing (no conflict)", resolution.study_uid, message.offset)
+            return
+        self.counters["resolutions"] += 1
+        log.info(
+            "study %s: patient conflict resolved for identity %s (%s)",
+            resolution.study_uid,
+            resolution.patient_key,
+            resolution.requested_by or "operator",
+        )
+
     # --- completeness checks ---
 
     def event_clock(self, partition: int) -> float | None:
@@ -256,9 +275,12 @@ class StudyAggregator:
         await self.store.write(sealing)
         for decision in decisions:
             await self.policy.handle(decision.event.message, STAGE, lambda d=decision: self.build(d))
-        ready = [d for d in decisions if d.record is not None]
+        ready = [d for d in decisions if d.record is not None and not d.conflict]
         for decision in decisions:
             if decision.record is None and decision.header.status is domain.StudyStatus.FAILED:
+                closing += self.tables.header_writes(decision.header)
+            elif decision.conflict and decision.record is not None:
+                await self.hold_conflict(decision)
                 closing += self.tables.header_writes(decision.header)
         sent = [
             await self.ready_topic.send(
@@ -287,12 +309,16 @@ class StudyAggregator:
         if header is None:
             return
         status = header.status
-        if status in (domain.StudyStatus.PUBLISHED, domain.StudyStatus.FAILED):
+        if status in (domain.StudyStatus.PUBLISHED, domain.StudyStatus.FAILED, domain.StudyStatus.CONFLICT):
             closing += self.tables.unpending_writes(study_uid, header.partition)  # a check that crossed the decision
             return
         if status is domain.StudyStatus.RECEIVING:
             now = time.time()
             if not domain.is_ready(header, now, self.event_clock(message.partition), self.settings.quiet_period):
+                return
+            if domain.in_conflict(header):
+                # Written once the dead letter is acknowledged: a crash in between sends it again.
+                decisions.append(ReadyDecision(event, domain.mark_conflict(header, domain.iso_utc(now)), conflict=True))
                 return
             header = domain.mark_sealed(header, domain.iso_utc(now))
             sealing += self.tables.header_writes(header)
@@ -317,6 +343,21 @@ class StudyAggregator:
             log.error("study %s revision %d failed: %s", header.study.uid, header.revision, reason)
             return
         decision.record, decision.payload = record, payload
+
+    async def hold_conflict(self, decision: ReadyDecision) -> None:
+        """Dead-letter a complete revision holding instances of more than one patient (not uploaded)."""
+        header = decision.header
+        keys = ", ".join(f"{p.key} ({p.instances})" for p in header.patients)
+        letter = DeadLetter(
+            STAGE,
+            domain.PATIENT_CONFLICT,
+            f"revision {header.revision} holds instances of {len(header.patients)} patients: {keys}; "
+            "decide with `studystream resolve`",
+        )
+        await self.policy.writer.send_derived(
+            decision.event.message, domain.study_key(header.study.uid), decision.payload, letter, time.time()
+        )
+        self.counters["patient_conflicts"] += 1
 
     def log_ready(self, decision: ReadyDecision) -> None:
         record = decision.record

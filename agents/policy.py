@@ -89,14 +89,20 @@ class DeadLetterWriter:
         self.counts = counts  # (stage, reason) → dead letters, for /metrics
 
     async def send(self, message: Any, letter: dead_letters.DeadLetter, now: float) -> None:
+        value = message.value if message.value is not None else b""
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogatepass")
+        await self.send_derived(message, message.key, value, letter, now)
+
+    async def send_derived(
+        self, message: Any, key: bytes | None, value: bytes, letter: dead_letters.DeadLetter, now: float
+    ) -> None:
+        """Dead-letter ``value``, a record made while handling ``message`` (a revision its check held back)."""
         source = source_of(message)
         headers = dead_letters.build_headers(
             letter, source, iso_utc(now), dead_letters.header_map(message.headers or ()).items()
         )
-        value = message.value if message.value is not None else b""
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogatepass")
-        delivered = await self.topic.send(key=message.key, value=value, headers=headers)
+        delivered = await self.topic.send(key=key, value=value, headers=headers)
         await delivered
         self.counts[(letter.stage, letter.reason)] += 1
         study = message.key.decode("ascii", "replace")[:64] if isinstance(message.key, bytes) else ""

@@ -36,19 +36,20 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agents.options import mapping_options
 from agents.policy import MessagePolicy, WorkerStopping
 from app.settings import Settings
 from domain import upload as rules
 from domain.dead_letters import header_map
 from domain.errors import InvalidRecordError, RejectedError
 from domain.fhir_mapping import (
-    MappingOptions,
     StoredStudy,
     build_transaction_bundle,
     bundle_file_name,
     is_newer,
     outdated_tags,
 )
+from domain.fhir_resources import patient_identifier
 from domain.ready import StudyReady, decode_study_ready
 from domain.study import iso_utc
 from infra.control import ControlState
@@ -64,17 +65,6 @@ DUE_HEADER = "studystream-due"
 ATTEMPTS_HEADER = "studystream-attempts"
 CONFLICTS_HEADER = "studystream-conflicts"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
-
-
-def mapping_options(settings: Settings) -> MappingOptions:
-    return MappingOptions(
-        default_patient_system=settings.fhir_default_patient_system,
-        default_accession_system=settings.fhir_default_accession_system,
-        local_issuer_prefix=settings.fhir_local_issuer_prefix,
-        default_timezone=settings.fhir_default_timezone,
-        dicomweb_base_url=settings.fhir_dicomweb_base_url.rstrip("/"),
-        revision_tag_system=settings.fhir_revision_tag_system,
-    )
 
 
 def retry_policy(settings: Settings) -> rules.RetryPolicy:
@@ -248,7 +238,8 @@ class StudyWriter:
                     rules.Verdict.SUCCESS, location=f"ImagingStudy/{stored.id}", revision=stored.revision,
                     superseded=True,
                 )  # fmt: skip
-            bundle = build_transaction_bundle(record, self.options, stored)
+            stored_patient = await self.client.find_patient(*patient_identifier(record, self.options))
+            bundle = build_transaction_bundle(record, self.options, stored, stored_patient)
             body = orjson.dumps(bundle, option=orjson.OPT_INDENT_2)
             path = self.settings.bundles_dir / bundle_file_name(record.study_uid, record.version)
             try:

@@ -139,6 +139,7 @@ _register_optional("scp.cli", ("receive", "receiver"))
 _register_optional("scu.cli", ("send", "send_file", "echo", "synth"))
 _register_optional("app.replay_cli", ("replay",))
 _register_optional("app.redrive", ("redrive",))
+_register_optional("app.resolve", ("resolve",))
 
 
 def main() -> None:

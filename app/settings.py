@@ -7,6 +7,7 @@ checks that the README and this class agree.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,36 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.local_time import zone_of
+
 ENV_PREFIX = "STUDYSTREAM_"
+ZONEINFO_DIR = "/usr/share/zoneinfo/"
+
+
+def host_timezone() -> str:
+    """The host's own time zone as an IANA name: ``TZ``, else ``/etc/timezone``, else ``/etc/localtime``'s link.
+
+    DICOM times without TimezoneOffsetFromUTC are the site's local time, and the receiver usually runs
+    at the site. ``UTC`` when the host names no zone.
+    """
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    except OSError:
+        pass
+    try:
+        link = os.readlink("/etc/localtime")
+        candidates.append(link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "")
+    except OSError:
+        pass
+    for name in candidates:
+        if name:
+            try:
+                zone_of(name)
+            except ValueError:
+                continue
+            return name
+    return "UTC"
 
 
 class Settings(BaseSettings):
@@ -161,8 +191,25 @@ class Settings(BaseSettings):
         description="Prefix that turns a local issuer name (not an OID or URI) into an identifier system.",
     )
     fhir_default_timezone: str = Field(
-        "UTC",
-        description="Time zone (IANA name or +HHMM) of DICOM dates/times without TimezoneOffsetFromUTC.",
+        default_factory=host_timezone,
+        description="Time zone (IANA name such as `Asia/Tokyo`, or `+HHMM`) of DICOM dates/times without "
+        "TimezoneOffsetFromUTC; default: the host's own zone. An unknown name stops the start.",
+    )
+    fhir_patient_system_by_ae: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: calling AE title → Patient.identifier system for senders that send no issuer "
+        '(`{"CT1": "urn:oid:1.2.3", "MR1": "urn:oid:1.2.3"}`): one site\'s modalities share a system, '
+        "two sites' equal MRNs stay apart.",
+    )
+    fhir_coding_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: extra Coding Scheme Designators (`99MYHOSP`) → code system URI; without "
+        "one, a local code keeps only its meaning as text.",
+    )
+    fhir_update_patient: bool = Field(
+        True,
+        description="Update the Patient elements StudyStream owns (name, gender, birthDate) when a later "
+        "instance corrects them; false: create only (the master patient index owns Patient).",
     )
     fhir_revision_tag_system: str = Field(
         "urn:studystream:study-revision",
@@ -461,6 +508,20 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_has_scheme(cls, value: str) -> str:
         return value if "://" in value else f"kafka://{value}"
+
+    @field_validator("fhir_default_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        zone_of(value)  # ValueError: an unknown zone stops the start instead of rendering times in UTC
+        return value.strip()
+
+    @field_validator("fhir_patient_system_by_ae", "fhir_coding_systems")
+    @classmethod
+    def _values_are_uris(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, uri in value.items():
+            if ":" not in uri or uri.strip() != uri:
+                raise ValueError(f"{key!r}: {uri!r} is not a URI (e.g. urn:oid:1.2.3 or https://...)")
+        return {key.strip(): uri for key, uri in value.items()}
 
     @field_validator("fhir_base_url")
     @classmethod

@@ -18,6 +18,9 @@ END = "<!-- settings:end -->"
 
 def _default(name: str) -> str:
     field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        # Computed where the process runs (the host's zone) or a fresh container: say so, not this host's value.
+        return "(the host's)" if field.default_factory.__name__.startswith("host_") else f"`{field.default_factory()}`"
     value = field.default
     if value is None:
         return "(unset)"

@@ -13,7 +13,8 @@ from typing import Protocol
 
 from domain import study as domain
 from domain.errors import InvalidRecordError
-from domain.events import CommitmentRequest, InstanceEvent
+from domain.events import CommitmentRequest, InstanceEvent, PatientResolution
+from domain.patient import IdentityOptions
 
 
 class StateReader(Protocol):
@@ -38,8 +39,9 @@ class PendingStudy:
 class BatchState:
     """The studies a batch touched; reads fall through to ``reader`` for what the batch did not change."""
 
-    def __init__(self, reader: StateReader) -> None:
+    def __init__(self, reader: StateReader, identity: IdentityOptions = domain.DEFAULT_IDENTITY) -> None:
         self.reader = reader
+        self.identity = identity
         self.studies: dict[str, PendingStudy] = {}
 
     def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
@@ -71,6 +73,10 @@ class BatchState:
             pending.known_series[update.series.uid] = update.series
         pending.opened_revision = pending.opened_revision or update.opened_revision
 
+    def mark_opened(self, study_uid: str) -> None:
+        """The study needs a completeness check (its pending mark is written with the batch)."""
+        self.studies[study_uid].opened_revision = True
+
     def set_header(self, header: domain.StudyHeader) -> None:
         pending = self.studies.get(header.study.uid)
         if pending is None:
@@ -99,7 +105,7 @@ def apply_event(
     ):
         return None  # the common repeat: no series read
     known_series = batch.series(study_uid, event.series_uid, partition)
-    update = domain.apply_instance(header, known_series, known_instance, event, at)
+    update = domain.apply_instance(header, known_series, known_instance, event, at, batch.identity)
     if not update.changed:
         return None
     if update.header.instance_count > max_instances:
@@ -132,3 +138,24 @@ def apply_commitment(batch: BatchState, request: CommitmentRequest, partition: i
         return CommitmentOutcome(known_study=True, missing=len(missing))
     batch.set_header(committed)
     return CommitmentOutcome(known_study=True, missing=len(missing), changed=True)
+
+
+def apply_resolution(batch: BatchState, resolution: PatientResolution, partition: int, offset: int) -> bool:
+    """An operator's resolution of a patient conflict; ``False`` when it changed nothing (not in conflict).
+
+    A resolution naming an identity the study does not hold is an invalid record (dead-lettered).
+    """
+    header = batch.header(resolution.study_uid, partition)
+    if header is None:
+        raise InvalidRecordError("resolution for a study not seen", reason="unknown_study")
+    header = domain.with_identities(header, batch.identity)
+    if not domain.in_conflict(header) and header.status is not domain.StudyStatus.CONFLICT:
+        return False
+    resolved = domain.resolve_patient(header, resolution.patient_key, offset)
+    if resolved is None:
+        raise InvalidRecordError("resolution names a patient the study does not hold", reason="unknown_patient_key")
+    if resolved == header:
+        return False
+    batch.set_header(resolved)
+    batch.mark_opened(resolved.study.uid)
+    return True

@@ -12,11 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.charset import TEXT_VR_DELIMS
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
+from domain.dicom_text import clean_person_name, clean_text, decode_person_name, decode_value
 from domain.errors import StudyStreamError
 from domain.events import CodedValue, InstanceEvent
 from domain.uids import is_valid_uid
@@ -130,6 +132,8 @@ VR_MAX_CHARS = {
     "TM": 14,
     "UI": 64,
 }
+MULTI_LINE_VRS = frozenset({"LT", "ST", "UT"})  # text that may keep its line breaks
+_TEXT_DELIMITERS = frozenset(TEXT_VR_DELIMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +152,54 @@ def _raw(ds: Dataset, keyword: str) -> Any:
         return None
 
 
-def _max_chars(keyword: str, limits: EventLimits) -> int:
+def _vr(keyword: str) -> str:
     try:
-        vr = dictionary_VR(keyword)
+        return dictionary_VR(keyword)
     except KeyError:
-        return limits.unbounded_chars
-    return VR_MAX_CHARS.get(vr, limits.unbounded_chars)
+        return ""
+
+
+def _max_chars(keyword: str, limits: EventLimits) -> int:
+    return VR_MAX_CHARS.get(_vr(keyword), limits.unbounded_chars)
+
+
+def _encodings(ds: Dataset) -> list[str]:
+    try:
+        encodings = ds._character_set  # the item's own, else its parent's: as pydicom decodes it
+    except _VALUE_ERRORS:
+        return []
+    return [encodings] if isinstance(encodings, str) else list(encodings or ())
+
+
+def _undeclared_escapes(ds: Dataset, keyword: str) -> str | None:
+    """A text value carrying ISO 2022 escapes its SpecificCharacterSet did not declare, decoded by them; else None.
+
+    Read from the element's bytes before pydicom converts it (the converted text keeps the escapes).
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    try:
+        element = ds.get_item(tag, keep_deferred=True)
+    except _VALUE_ERRORS:
+        return None
+    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes) or b"\x1b" not in element.value:
+        return None
+    text, undeclared = decode_value(element.value, _encodings(ds), _TEXT_DELIMITERS)
+    return text if undeclared else None
 
 
 class _Reader:
-    """Reads the attributes an event copies, each clipped to its VR's length; remembers what it clipped."""
+    """Reads the attributes an event copies, each cleaned and clipped to its VR's length; remembers what it did."""
 
     def __init__(self, limits: EventLimits) -> None:
         self.limits = limits
         self.clipped: list[str] = []
+        self.repaired: list[str] = []  # attributes decoded by character sets their dataset did not declare
+
+    def _repair(self, where: str) -> None:
+        if where not in self.repaired:
+            self.repaired.append(where)
 
     def _clip(self, text: str, keyword: str, where: str, per_group: bool = False) -> str:
         limit = _max_chars(keyword, self.limits)
@@ -186,24 +224,62 @@ class _Reader:
 
     def text(self, ds: Dataset | None, keyword: str, where: str = "") -> str:
         where = where or keyword
-        value = _raw(ds, keyword) if ds is not None else None
-        if value is None:
+        if ds is None:
             return ""
-        if isinstance(value, PersonName):
-            return self._clip(person_name(value), keyword, where, per_group=True)
-        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-            return self._clip(str(value).strip(), keyword, where)
-        return "\\".join(self._clip(str(item).strip(), keyword, where) for item in self._values(value, where))
-
-    def names(self, ds: Dataset, keyword: str) -> str:
+        vr = _vr(keyword)
+        if vr == "PN":
+            return self.names(ds, keyword)
+        single_line = vr not in MULTI_LINE_VRS
+        redecoded = _undeclared_escapes(ds, keyword)
+        if redecoded is not None:
+            self._repair(where)
+            return self._clip(clean_text(redecoded, single_line), keyword, where)
         value = _raw(ds, keyword)
         if value is None:
             return ""
-        if isinstance(value, PersonName | str):
-            return self._clip(person_name(value), keyword, keyword, per_group=True)
+        if isinstance(value, PersonName):
+            return self._clip(self._person_name(value, where), keyword, where, per_group=True)
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            return self._clip(clean_text(str(value), single_line), keyword, where)
         return "\\".join(
-            self._clip(person_name(item), keyword, keyword, per_group=True) for item in self._values(value, keyword)
+            self._clip(clean_text(str(item), single_line), keyword, where) for item in self._values(value, where)
         )
+
+    def _person_name(self, value: PersonName | str, where: str) -> str:
+        if isinstance(value, PersonName) and isinstance(value.original_string, bytes):
+            text, undeclared = decode_person_name(value.original_string, value.encodings or ())
+            if undeclared:
+                self._repair(where)
+            return text
+        return person_name(value)
+
+    def names(self, ds: Dataset, keyword: str) -> str:
+        values = self._raw_person_names(ds, keyword)
+        if values is None:
+            value = _raw(ds, keyword)
+            if value is None:
+                return ""
+            items = [value] if isinstance(value, PersonName | str) else self._values(value, keyword)
+            values = [self._person_name(item, keyword) for item in items]
+        return "\\".join(self._clip(v, keyword, keyword, per_group=True) for v in values if v)
+
+    def _raw_person_names(self, ds: Dataset, keyword: str) -> list[str] | None:
+        """A PN element's values decoded from its bytes as received, whole, then split; None once converted.
+
+        Whole: a multi-byte character may hold 0x5C, 0x3D or 0x5E, which are delimiters only in the
+        single-byte state (pydicom splits the bytes first, and keeps no faithful copy of them).
+        """
+        tag = tag_for_keyword(keyword)
+        try:
+            element = ds.get_item(tag, keep_deferred=True) if tag is not None else None
+        except _VALUE_ERRORS:
+            return None
+        if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+            return None
+        text, undeclared = decode_value(element.value.rstrip(b" \x00"), _encodings(ds))
+        if undeclared:
+            self._repair(keyword)
+        return [clean_person_name(v) for v in self._values(text.split("\\"), keyword)]
 
     def codes(self, ds: Dataset, keyword: str) -> tuple[CodedValue, ...]:
         sequence = _raw(ds, keyword) or ()
@@ -243,18 +319,21 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def person_name(value: PersonName | str | None) -> str:
-    """All component groups (alphabetic=ideographic=phonetic) as Unicode, trailing empty groups dropped."""
+    """All component groups (alphabetic=ideographic=phonetic) as clean Unicode, trailing empty groups dropped.
+
+    A PersonName read from bytes is decoded whole (:func:`domain.dicom_text.decode_person_name`), not
+    from pydicom's components, which split the bytes on ``=`` before decoding.
+    """
     if value is None:
         return ""
-    if not isinstance(value, PersonName):
-        return str(value).strip()
-    try:
-        groups = list(value.components)
-    except _VALUE_ERRORS:
-        return ""
-    while groups and not groups[-1]:
-        groups.pop()
-    return "=".join(groups)
+    if isinstance(value, PersonName):
+        if isinstance(value.original_string, bytes):
+            return decode_person_name(value.original_string, value.encodings or ())[0]
+        try:
+            return clean_person_name("=".join(value.components))
+        except _VALUE_ERRORS:
+            return ""
+    return clean_person_name(str(value))
 
 
 def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
@@ -265,11 +344,43 @@ def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
         return None
 
 
-def _accession_issuer(ds: Dataset, read: _Reader) -> str:
-    item = _first_item(ds, "IssuerOfAccessionNumberSequence")
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An HL7 v2 HD issuer as DICOM codes it: a local namespace name and/or a universal id with its type."""
+
+    local: str = ""
+    universal: str = ""
+    universal_type: str = ""
+
+
+def _issuer(read: _Reader, ds: Dataset, sequence: str) -> Issuer:
+    item = _first_item(ds, sequence)
     if item is None:
-        return ""
-    return read.text(item, "LocalNamespaceEntityID") or read.text(item, "UniversalEntityID")
+        return Issuer()
+    return Issuer(
+        local=read.text(item, "LocalNamespaceEntityID", f"{sequence}>LocalNamespaceEntityID"),
+        universal=read.text(item, "UniversalEntityID", f"{sequence}>UniversalEntityID"),
+        universal_type=read.text(item, "UniversalEntityIDType", f"{sequence}>UniversalEntityIDType").upper(),
+    )
+
+
+def _requested(ds: Dataset, keyword: str) -> Dataset | None:
+    """Where a request attribute is: the dataset itself, else the first RequestAttributesSequence item holding it.
+
+    Image IODs carry the order's reason and numbers inside RequestAttributesSequence; worklist-fed
+    secondary captures often at the top level.
+    """
+    if _raw(ds, keyword) not in (None, "", ()):
+        return ds
+    sequence = _raw(ds, "RequestAttributesSequence")
+    try:
+        items = list(sequence or ())[:8]
+    except _VALUE_ERRORS:
+        return None
+    for item in items:
+        if _raw(item, keyword) not in (None, "", ()):
+            return item
+    return None
 
 
 def instance_title(ds: Dataset, read: _Reader | None = None) -> str:
@@ -295,6 +406,12 @@ def instance_event(
     read = _Reader(limits or EventLimits())
     text, names = read.text, read.names
     title = instance_title(ds, read)
+    accession_issuer = _issuer(read, ds, "IssuerOfAccessionNumberSequence")
+    patient_issuer = _issuer(read, ds, "IssuerOfPatientIDQualifiersSequence")
+    placer = _requested(ds, "PlacerOrderNumberImagingServiceRequest")
+    placer_issuer = _issuer(read, placer, "OrderPlacerIdentifierSequence") if placer is not None else Issuer()
+    reason_codes = _requested(ds, "ReasonForRequestedProcedureCodeSequence")
+    reason_text = _requested(ds, "ReasonForTheRequestedProcedure")
     return InstanceEvent(
         study_uid=identity.study_uid,
         series_uid=identity.series_uid,
@@ -310,12 +427,24 @@ def instance_event(
         study_id=text(ds, "StudyID"),
         study_description=text(ds, "StudyDescription"),
         accession_number=text(ds, "AccessionNumber"),
-        accession_issuer=_accession_issuer(ds, read),
+        accession_issuer=accession_issuer.local,
+        accession_issuer_universal=accession_issuer.universal,
+        accession_issuer_universal_type=accession_issuer.universal_type,
         referring_physician=names(ds, "ReferringPhysicianName"),
+        reading_physicians=names(ds, "NameOfPhysiciansReadingStudy"),
         procedure_codes=read.codes(ds, "ProcedureCodeSequence"),
+        reason_codes=read.codes(reason_codes, "ReasonForRequestedProcedureCodeSequence") if reason_codes else (),
+        reason_text=text(reason_text, "ReasonForTheRequestedProcedure"),
+        placer_order_number=text(placer, "PlacerOrderNumberImagingServiceRequest"),
+        placer_order_issuer=placer_issuer.local,
+        placer_order_issuer_universal=placer_issuer.universal,
+        placer_order_issuer_universal_type=placer_issuer.universal_type,
         institution=text(ds, "InstitutionName"),
+        department=text(ds, "InstitutionalDepartmentName"),
         patient_id=text(ds, "PatientID"),
         issuer_of_patient_id=text(ds, "IssuerOfPatientID"),
+        patient_issuer_universal=patient_issuer.universal,
+        patient_issuer_universal_type=patient_issuer.universal_type,
         patient_name=names(ds, "PatientName"),
         birth_date=text(ds, "PatientBirthDate"),
         sex=text(ds, "PatientSex"),
@@ -323,7 +452,9 @@ def instance_event(
         series_date=text(ds, "SeriesDate"),
         series_time=text(ds, "SeriesTime"),
         body_part_examined=text(ds, "BodyPartExamined"),
-        laterality=text(ds, "Laterality") or text(ds, "ImageLaterality"),
+        anatomic_regions=read.codes(ds, "AnatomicRegionSequence"),
+        laterality=text(ds, "Laterality").upper(),
+        image_laterality=text(ds, "ImageLaterality").upper(),
         performing_physician=names(ds, "PerformingPhysicianName"),
         operators_name=names(ds, "OperatorsName"),
         manufacturer=text(ds, "Manufacturer"),
@@ -339,4 +470,5 @@ def instance_event(
         duplicate=reception.duplicate,
         replaced=reception.replaced,
         clipped=tuple(read.clipped),
+        repaired=tuple(read.repaired),
     )

@@ -1,8 +1,10 @@
 """The records published to ``imaging.raw``, their wire format and their one typed decoder.
 
-Two kinds, both JSON objects (UTF-8) keyed by the StudyInstanceUID: one :class:`InstanceEvent` per
-stored instance, and a :class:`CommitmentRequest` when a sender asked for Storage Commitment of
-instances of the study (``"record_type": "storage_commitment"``; instance events carry no record type).
+Three kinds, all JSON objects (UTF-8) keyed by the StudyInstanceUID: one :class:`InstanceEvent` per
+stored instance, a :class:`CommitmentRequest` when a sender asked for Storage Commitment of
+instances of the study (``"record_type": "storage_commitment"``), and a :class:`PatientResolution`
+when an operator decided a patient conflict (``"patient_resolution"``). Instance events carry no
+record type.
 
 :func:`decode_raw_record` is the trust boundary: it checks the type and range of every field (msgspec,
 strict: no coercion of ``"12"`` into 12), so a record that decodes cannot raise further down. Every
@@ -20,8 +22,9 @@ from msgspec import Meta
 from domain.errors import InvalidRecordError
 from domain.uids import UID_MAX_LENGTH, UID_PATTERN
 
-EVENT_SCHEMA_VERSION = 2
+EVENT_SCHEMA_VERSION = 3  # 3: issuers' universal ids, request attributes, regions, image laterality
 COMMITMENT_RECORD_TYPE = "storage_commitment"
+RESOLUTION_RECORD_TYPE = "patient_resolution"
 
 # Bounds of the decoder. The receiver clips every text attribute to its VR's length (UT and unknown
 # VRs to a setting below this), so a record beyond them was not written by StudyStream.
@@ -67,13 +70,25 @@ class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
     study_id: Text = ""
     study_description: Text = ""
     accession_number: Text = ""
-    accession_issuer: Text = ""
+    accession_issuer: Text = ""  # IssuerOfAccessionNumberSequence > LocalNamespaceEntityID
+    accession_issuer_universal: Text = ""  # ... > UniversalEntityID
+    accession_issuer_universal_type: ShortText = ""  # ... > UniversalEntityIDType (ISO, UUID, URI, ...)
     referring_physician: Text = ""
+    reading_physicians: Text = ""  # NameOfPhysiciansReadingStudy, PN values joined by backslashes
     procedure_codes: Codes = ()
+    reason_codes: Codes = ()  # ReasonForRequestedProcedureCodeSequence (also inside RequestAttributesSequence)
+    reason_text: Text = ""  # ReasonForTheRequestedProcedure (likewise)
+    placer_order_number: Text = ""  # PlacerOrderNumberImagingServiceRequest
+    placer_order_issuer: Text = ""  # OrderPlacerIdentifierSequence > LocalNamespaceEntityID
+    placer_order_issuer_universal: Text = ""
+    placer_order_issuer_universal_type: ShortText = ""
     institution: Text = ""
+    department: Text = ""  # InstitutionalDepartmentName
     # Patient level (PHI: never logged)
     patient_id: Text = ""
     issuer_of_patient_id: Text = ""
+    patient_issuer_universal: Text = ""  # IssuerOfPatientIDQualifiersSequence > UniversalEntityID
+    patient_issuer_universal_type: ShortText = ""
     patient_name: Text = ""  # decoded to Unicode, all component groups joined by '='
     birth_date: ShortText = ""
     sex: ShortText = ""
@@ -82,7 +97,9 @@ class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
     series_date: ShortText = ""
     series_time: ShortText = ""
     body_part_examined: Text = ""
-    laterality: ShortText = ""
+    anatomic_regions: Codes = ()  # AnatomicRegionSequence
+    laterality: ShortText = ""  # Laterality (0020,0060), a series attribute (schema 2: or ImageLaterality)
+    image_laterality: ShortText = ""  # ImageLaterality (0020,0062), per image
     performing_physician: Text = ""
     operators_name: Text = ""
     manufacturer: Text = ""
@@ -101,6 +118,8 @@ class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
     replaced: bool = False  # same SOP Instance UID, different bytes: the stored file was replaced
     placed_at_ns: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0  # when the file was placed: the last placed wins
     clipped: Annotated[tuple[ShortText, ...], Meta(max_length=CODES_MAX_ITEMS)] = ()  # attributes cut to their VR
+    # Attributes decoded by character sets that SpecificCharacterSet did not declare (escape sequences).
+    repaired: Annotated[tuple[ShortText, ...], Meta(max_length=CODES_MAX_ITEMS)] = ()
     schema_version: SchemaVersion = EVENT_SCHEMA_VERSION
 
     @property
@@ -131,11 +150,27 @@ class CommitmentRequest(msgspec.Struct, frozen=True, gc=False):
             raise ValueError("part beyond parts")
 
 
-RawRecord = InstanceEvent | CommitmentRequest
+class PatientResolution(msgspec.Struct, frozen=True, gc=False):
+    """An operator's decision for a study in conflict: it is the patient ``patient_key`` names
+    (``studystream resolve``). Covers the identities the study holds when the aggregator reads it."""
+
+    study_uid: Uid
+    patient_key: Annotated[str, Meta(pattern=r"\A[0-9a-f]{16}\Z")]
+    requested_at: ShortText = ""  # ISO 8601 UTC
+    requested_by: ShortText = ""  # the operator's login, as the command saw it
+    record_type: str = RESOLUTION_RECORD_TYPE
+
+    @property
+    def key(self) -> bytes:
+        return self.study_uid.encode("ascii")
+
+
+RawRecord = InstanceEvent | CommitmentRequest | PatientResolution
 
 _encoder = msgspec.json.Encoder()
 _instance_decoder = msgspec.json.Decoder(InstanceEvent)
 _commitment_decoder = msgspec.json.Decoder(CommitmentRequest)
+_resolution_decoder = msgspec.json.Decoder(PatientResolution)
 
 
 class _Kind(msgspec.Struct, gc=False):
@@ -152,6 +187,10 @@ def encode_instance_event(event: InstanceEvent) -> bytes:
 
 def encode_commitment_request(request: CommitmentRequest) -> bytes:
     return _encoder.encode(request)
+
+
+def encode_resolution(resolution: PatientResolution) -> bytes:
+    return _encoder.encode(resolution)
 
 
 def invalid_record(exc: msgspec.MsgspecError, kind: str) -> InvalidRecordError:
@@ -178,12 +217,13 @@ def decode_raw_record(raw: bytes | str | None) -> RawRecord:
         raise invalid_record(exc, "imaging.raw record") from None
     if kind is None:
         return decode_instance_event(data)
-    if kind != COMMITMENT_RECORD_TYPE:
+    decoder = {COMMITMENT_RECORD_TYPE: _commitment_decoder, RESOLUTION_RECORD_TYPE: _resolution_decoder}.get(kind)
+    if decoder is None:
         raise InvalidRecordError("unknown record_type", reason="unknown_record_type")
     try:
-        return _commitment_decoder.decode(data)
+        return decoder.decode(data)
     except msgspec.MsgspecError as exc:
-        raise invalid_record(exc, "storage_commitment") from None
+        raise invalid_record(exc, kind) from None
 
 
 def decode_instance_event(raw: bytes | str | None) -> InstanceEvent:

@@ -1,13 +1,14 @@
-"""One study revision (:class:`domain.ready.StudyReady`) → FHIR R4 Patient, ImagingStudy, Endpoint and the
-transaction Bundle that writes them idempotently. Pure: no I/O, no clock, no randomness.
+"""One study revision (:class:`domain.ready.StudyReady`) → the transaction Bundle that writes its FHIR
+resources (:mod:`domain.fhir_resources`) idempotently. Pure: no I/O, no clock, no randomness.
 
-The resources are built as fhirclient model objects, which check every element's type and name; the
-Bundle is returned as JSON (a dict). Building one revision twice gives byte-identical JSON: full URLs
-are name-based UUIDs of the study and the patient identifier.
+The Bundle is returned as JSON (a dict). Building one revision twice gives byte-identical JSON: full
+URLs are name-based UUIDs of the study and the patient identifier.
 
 Idempotency, in the Bundle itself:
 
 - Patient: conditional create (``ifNoneExist: identifier=<system>|<value>``): never created twice.
+  When the caller found it (:class:`StoredPatient`), an update of the elements StudyStream owns
+  (:func:`domain.fhir_resources.merge_patient`) with ``ifMatch`` on its version, only when they changed.
 - Endpoint: conditional create on its address (as an ``urn:ietf:rfc:3986`` identifier).
 - ImagingStudy: conditional update on ``urn:dicom:uid|urn:oid:<StudyInstanceUID>``; when the caller
   knows the stored version (:class:`StoredStudy`), an update of that resource id with ``ifMatch``,
@@ -27,55 +28,23 @@ from typing import Any
 from urllib.parse import quote
 
 from fhirclient.models.bundle import Bundle
-from fhirclient.models.endpoint import Endpoint
-from fhirclient.models.imagingstudy import ImagingStudy
-from fhirclient.models.patient import Patient
 
-from domain.events import CodedValue
-from domain.fhir_values import (
-    DCM,
-    body_site,
-    coding_system,
-    fhir_date,
-    fhir_datetime,
-    fhir_gender,
-    human_names,
-    issuer_system,
-    laterality,
-    oid_urn,
-    pn_display,
-    pn_values,
+from domain.fhir_resources import (
+    DICOM_UID_SYSTEM,
+    MAPPING_VERSION,
+    MAPPING_VERSION_TAG_SYSTEM,
+    URI_SYSTEM,
+    MappingOptions,
+    build_endpoint,
+    build_imaging_study,
+    build_patient,
+    merge_patient,
+    patient_identifier,
 )
-from domain.ready import ReadyInstance, ReadySeries, StudyReady
+from domain.fhir_values import oid_urn
+from domain.ready import StudyReady
 
-DICOM_UID_SYSTEM = "urn:dicom:uid"
-URI_SYSTEM = "urn:ietf:rfc:3986"
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-ENDPOINT_CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
-ENDPOINT_PAYLOAD_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-payload-type"
-# A study without PatientID still needs a subject: one Patient per study, found again by the study UID.
-PATIENT_OF_STUDY_SYSTEM = "urn:studystream:patient-of-study"
-UNKNOWN_MODALITY = "OT"  # DICOM "Other": ImagingStudy.series.modality is mandatory
 _FULL_URL_NAMESPACE = uuid.UUID("7c1f3c7e-7f4e-4a43-9a55-5e0d51d2a6b1")
-
-
-@dataclass(frozen=True, slots=True)
-class MappingOptions:
-    """The settings the mapping depends on (see the ``fhir_*`` fields of :class:`app.settings.Settings`)."""
-
-    default_patient_system: str = "urn:studystream:patient-id"
-    default_accession_system: str = "urn:studystream:accession"
-    local_issuer_prefix: str = "urn:studystream:issuer:"
-    default_timezone: str = "UTC"
-    dicomweb_base_url: str = ""
-    revision_tag_system: str = "urn:studystream:study-revision"
-
-
-# Bump when a change of this module should rewrite resources already on the server (then replay
-# imaging.study.ready). Resources written before the tag existed read as version 0.
-MAPPING_VERSION = 1
-MAPPING_VERSION_TAG_SYSTEM = "urn:studystream:mapping-version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +62,15 @@ class StoredStudy:
     tags: tuple[tuple[str, str], ...] = ()  # (system, code) of every StudyStream tag the resource carries
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPatient:
+    """The Patient the server holds for the study's patient identifier: id, version and the resource itself."""
+
+    id: str
+    version: str | None
+    resource: dict[str, Any]
+
+
 def is_newer(version: tuple[int, int], stored: StoredStudy | None, mapping_version: int | None = None) -> bool:
     """Whether writing ``version`` = (generation, revision), by ``mapping_version``, improves on what the server holds.
 
@@ -108,8 +86,9 @@ def is_newer(version: tuple[int, int], stored: StoredStudy | None, mapping_versi
 # --- Identifiers ---------------------------------------------------------------------------------
 
 
-def study_identifier(study_uid: str) -> dict[str, str]:
-    return {"system": DICOM_UID_SYSTEM, "value": oid_urn(study_uid)}
+def patient_search_query(system: str, value: str) -> str:
+    """The search that finds a patient by identifier (escaped as :func:`token_query` does)."""
+    return token_query(system, value)
 
 
 def study_search_query(study_uid: str) -> str:
@@ -131,121 +110,8 @@ def token_query(system: str, value: str) -> str:
     return f"identifier={quote(escape_token(system), safe=':/.-_~')}|{quote(escape_token(value), safe=':/.-_~')}"
 
 
-def patient_identifier(ready: StudyReady, options: MappingOptions) -> tuple[str, str]:
-    """(system, value) identifying the study's patient: PatientID within its issuer's system.
-
-    No PatientID: a patient of this study alone, so unrelated anonymous studies never merge.
-    """
-    patient = ready.patient
-    if not patient.id.strip():
-        return PATIENT_OF_STUDY_SYSTEM, oid_urn(ready.study_uid)
-    return (
-        issuer_system(patient.issuer, options.default_patient_system, options.local_issuer_prefix),
-        patient.id.strip(),
-    )
-
-
 def full_url(kind: str, key: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, f'{kind}|{key}')}"
-
-
-# --- Resources -----------------------------------------------------------------------------------
-
-
-def build_patient(ready: StudyReady, options: MappingOptions) -> Patient:
-    system, value = patient_identifier(ready, options)
-    data: dict[str, Any] = {
-        "resourceType": "Patient",
-        "identifier": [{"use": "usual", "system": system, "value": value}],
-        "gender": fhir_gender(ready.patient.sex),
-    }
-    names = human_names(ready.patient.name)
-    if names:
-        data["name"] = names
-    birth_date = fhir_date(ready.patient.birth_date)
-    if birth_date:
-        data["birthDate"] = birth_date
-    return Patient(data)
-
-
-def build_endpoint(base_url: str) -> Endpoint:
-    return Endpoint(
-        {
-            "resourceType": "Endpoint",
-            "identifier": [{"system": URI_SYSTEM, "value": base_url}],
-            "status": "active",
-            "connectionType": {"system": ENDPOINT_CONNECTION_TYPE, "code": "dicom-wado-rs"},
-            "name": "DICOMweb WADO-RS",
-            "payloadType": [{"coding": [{"system": ENDPOINT_PAYLOAD_TYPE, "code": "any"}], "text": "DICOM"}],
-            "payloadMimeType": ["application/dicom"],
-            "address": base_url,
-        }
-    )
-
-
-def build_imaging_study(
-    ready: StudyReady, options: MappingOptions, patient_ref: str, endpoint_ref: str | None = None
-) -> ImagingStudy:
-    study = ready.study
-    data: dict[str, Any] = {
-        "resourceType": "ImagingStudy",
-        "meta": {"tag": [revision_tag(ready.version, options), mapping_version_tag()]},
-        "identifier": [{"use": "official", **study_identifier(study.uid)}],
-        "status": "available",
-        "subject": {"reference": patient_ref, "type": "Patient"},
-        "numberOfSeries": ready.number_of_series,
-        "numberOfInstances": ready.number_of_instances,
-        "series": [_series(s, options, study.timezone_offset) for s in ready.series],
-    }
-    if study.accession_number.strip():
-        data["identifier"].append(
-            {
-                "use": "usual",
-                "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
-                "system": issuer_system(
-                    study.accession_issuer, options.default_accession_system, options.local_issuer_prefix
-                ),
-                "value": study.accession_number.strip(),
-            }
-        )
-    modalities = [m for m in ready.modalities if m.strip()]
-    if modalities:
-        data["modality"] = [{"system": DCM, "code": m} for m in modalities]
-    started = fhir_datetime(study.date, study.time, study.timezone_offset, options.default_timezone)
-    if started:
-        data["started"] = started
-    referrer = pn_display(study.referring_physician)
-    if referrer:
-        data["referrer"] = {"display": referrer, "type": "Practitioner"}
-    if endpoint_ref:
-        data["endpoint"] = [{"reference": endpoint_ref, "type": "Endpoint"}]
-    procedures = [_codeable(c) for c in study.procedure_codes if c.code or c.meaning]
-    if procedures:
-        data["procedureCode"] = procedures
-    if study.institution.strip():
-        # ImagingStudy.location is a Reference(Location); DICOM only names the institution.
-        data["location"] = {"display": study.institution.strip(), "type": "Location"}
-    if study.description.strip():
-        data["description"] = study.description.strip()
-    return ImagingStudy(data)
-
-
-def revision_tag(version: tuple[int, int], options: MappingOptions) -> dict[str, str]:
-    """``<generation>.<revision>``: revisions of a later state generation come after every earlier one."""
-    generation, revision = version
-    return {
-        "system": options.revision_tag_system,
-        "code": f"{generation}.{revision}",
-        "display": f"StudyStream revision {revision} (state generation {generation})",
-    }
-
-
-def mapping_version_tag() -> dict[str, str]:
-    return {
-        "system": MAPPING_VERSION_TAG_SYSTEM,
-        "code": str(MAPPING_VERSION),
-        "display": f"StudyStream FHIR mapping version {MAPPING_VERSION}",
-    }
 
 
 def parse_revision_code(code: object) -> tuple[int, int] | None:
@@ -297,96 +163,48 @@ def meta_delete_parameters(tags: list[dict[str, str]]) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": tags}}]}
 
 
-def _series(series: ReadySeries, options: MappingOptions, tz_offset: str) -> dict[str, Any]:
-    """One series; TimezoneOffsetFromUTC is an instance-level attribute, so it applies to series times too."""
-    info = series
-    data: dict[str, Any] = {
-        "uid": info.uid,
-        "modality": {"system": DCM, "code": info.modality.strip() or UNKNOWN_MODALITY},
-        "numberOfInstances": series.number_of_instances,
-        "instance": [_instance(i) for i in series.instances],
-    }
-    # A negative IS is valid DICOM but no unsignedInt: left out. Above 2^31-1 the DICOM value itself is
-    # invalid (IS is a signed 32-bit integer): it is passed on, and the server's rejection dead-letters it.
-    if info.number is not None and info.number >= 0:
-        data["number"] = info.number
-    if info.description.strip():
-        data["description"] = info.description.strip()
-    site = body_site(info.body_part)
-    if site:
-        data["bodySite"] = site
-    side = laterality(info.laterality)
-    if side:
-        data["laterality"] = side
-    started = fhir_datetime(info.date, info.time, tz_offset, options.default_timezone)
-    if started:
-        data["started"] = started
-    performers = _performers(info.performing_physician, info.operators_name, info.manufacturer, info.model)
-    if performers:
-        data["performer"] = performers
-    return data
-
-
-def _performers(physicians: str, operators: str, manufacturer: str, model: str) -> list[dict[str, Any]]:
-    performers: list[dict[str, Any]] = [
-        {
-            "function": {"coding": [{"system": PARTICIPATION_TYPE, "code": "PRF", "display": "performer"}]},
-            "actor": {"display": pn_display(pn), "type": "Practitioner"},
-        }
-        for pn in pn_values(physicians)
-    ]
-    performers += [{"actor": {"display": pn_display(pn), "type": "Practitioner"}} for pn in pn_values(operators)]
-    device = " ".join(part.strip() for part in (manufacturer, model) if part.strip())
-    if device:
-        performers.append({"actor": {"display": device, "type": "Device"}})
-    return performers
-
-
-def _instance(instance: ReadyInstance) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "uid": instance.uid,
-        "sopClass": {"system": URI_SYSTEM, "code": oid_urn(instance.sop_class_uid)},
-    }
-    if instance.number is not None and instance.number >= 0:
-        data["number"] = instance.number
-    if instance.title.strip():
-        data["title"] = instance.title.strip()
-    return data
-
-
-def _codeable(code: CodedValue) -> dict[str, Any]:
-    coding: dict[str, str] = {"code": code.code}
-    system = coding_system(code.scheme)
-    if system:
-        coding["system"] = system
-    if code.meaning:
-        coding["display"] = code.meaning
-    concept: dict[str, Any] = {"coding": [coding]} if code.code else {}
-    if code.meaning:
-        concept["text"] = code.meaning
-    return concept
-
-
 # --- Bundle --------------------------------------------------------------------------------------
 
 
+def patient_entry(
+    ready: StudyReady, options: MappingOptions, stored: StoredPatient | None
+) -> tuple[str, dict[str, Any] | None]:
+    """(reference for the ImagingStudy's subject, the Bundle entry writing the Patient or ``None``).
+
+    No stored Patient: a conditional create. A stored one: an update of its owned elements when they
+    changed (and ``update_patient``), else no entry at all and a reference to the stored id.
+    """
+    system, value = patient_identifier(ready, options)
+    written = build_patient(ready, options).as_json()
+    url = full_url("Patient", f"{system}|{value}")
+    if stored is None:
+        request = {"method": "POST", "url": "Patient", "ifNoneExist": token_query(system, value)}
+        return url, {"fullUrl": url, "resource": written, "request": request}
+    reference = f"Patient/{stored.id}"
+    merged = merge_patient(stored.resource, written) if options.update_patient else None
+    if merged is None:
+        return reference, None
+    merged["id"] = stored.id
+    request = {"method": "PUT", "url": reference}
+    if stored.version:
+        request["ifMatch"] = f'W/"{stored.version}"'
+    return reference, {"fullUrl": url, "resource": merged, "request": request}
+
+
 def build_transaction_bundle(
-    ready: StudyReady, options: MappingOptions, stored: StoredStudy | None = None
+    ready: StudyReady,
+    options: MappingOptions,
+    stored: StoredStudy | None = None,
+    stored_patient: StoredPatient | None = None,
 ) -> dict[str, Any]:
     """The transaction Bundle (JSON) writing one study revision: Patient, Endpoint if configured, ImagingStudy.
 
     ``stored``: the ImagingStudy the server already holds, if the caller looked it up; then the study
     is updated by id with ``ifMatch`` on its version (optimistic locking) instead of by condition.
+    ``stored_patient``: likewise the study's Patient (see :func:`patient_entry`).
     """
-    system, value = patient_identifier(ready, options)
-    patient_url = full_url("Patient", f"{system}|{value}")
-    entries: list[dict[str, Any]] = [
-        {
-            "fullUrl": patient_url,
-            "resource": build_patient(ready, options).as_json(),
-            "request": {"method": "POST", "url": "Patient", "ifNoneExist": token_query(system, value)},
-        }
-    ]
+    patient_url, patient = patient_entry(ready, options, stored_patient)
+    entries: list[dict[str, Any]] = [patient] if patient else []
     endpoint_url = None
     if options.dicomweb_base_url:
         endpoint_url = full_url("Endpoint", options.dicomweb_base_url)

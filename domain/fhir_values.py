@@ -1,75 +1,38 @@
-"""DICOM values → FHIR R4 datatypes: dates and times, person names, issuers as URIs, and code tables.
+"""DICOM values → FHIR R4 datatypes: person names, codes, body sites and lateralities.
 
 Pure functions, no I/O. Each returns ``None`` (or an empty list) when the DICOM value is empty or
 malformed, so the mapping leaves the FHIR element out instead of writing an invalid one.
+
+Dates and times are :mod:`domain.local_time`'s.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydicom.sr._cid_dict import cid_concepts
+from pydicom.sr._concepts_dict import concepts
+from pydicom.sr._snomed_dict import mapping as snomed_mapping
+
+from domain.dicom_text import clean_text, is_placeholder, split_person_name
+from domain.events import CodedValue
+from domain.terminology_tables import BODY_PART_EXAMINED, CODING_SCHEMES
 
 SNOMED = "http://snomed.info/sct"
+SNOMED_RT = "http://snomed.info/srt"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
 
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
-_DA = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
-_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
-_TZ = re.compile(r"^([+-])(\d{2})(\d{2})$")
 
-# BodyPartExamined (0018,0015) defined terms → SNOMED CT, per DICOM PS3.16 Annex L (CID 4031, 2020+ codes).
-# Terms not listed map to no bodySite rather than a guess.
-BODY_PARTS: dict[str, tuple[str, str]] = {
-    "ABDOMEN": ("818981001", "Abdomen"),
-    "ANKLE": ("70258002", "Ankle joint"),
-    "BRAIN": ("12738006", "Brain"),
-    "BREAST": ("76752008", "Breast"),
-    "CHEST": ("43799004", "Chest"),
-    "THORAX": ("816094009", "Thorax"),
-    "CHESTABDOMEN": ("416550000", "Chest and abdomen"),
-    "CSPINE": ("122494005", "Cervical spine"),
-    "ELBOW": ("127949000", "Elbow region"),
-    "EXTREMITY": ("66019005", "Limb"),
-    "FOOT": ("56459004", "Foot"),
-    "HAND": ("85562004", "Hand"),
-    "HEAD": ("69536005", "Head"),
-    "HEADNECK": ("774007", "Head and neck"),
-    "HEART": ("80891009", "Heart"),
-    "HIP": ("29836001", "Hip"),
-    "KNEE": ("72696002", "Knee"),
-    "LSPINE": ("122496007", "Lumbar spine"),
-    "NECK": ("45048000", "Neck"),
-    "PELVIS": ("816092008", "Pelvis"),
-    "SHOULDER": ("16982005", "Shoulder"),
-    "SKULL": ("89546000", "Skull"),
-    "SPINE": ("421060004", "Spine"),
-    "TSPINE": ("122495006", "Thoracic spine"),
-    "WRIST": ("74670003", "Wrist joint"),
-}
-
-# Laterality (0020,0060) / ImageLaterality (0020,0062) → SNOMED CT (FHIR R4 ImagingStudy laterality binding).
+# Laterality (0020,0060) and ImageLaterality (0020,0062) → SNOMED CT (the R4 binding, CID 244). U
+# (unpaired) says there is no side: no laterality.
 LATERALITY: dict[str, tuple[str, str]] = {
     "R": ("24028007", "Right"),
     "L": ("7771000", "Left"),
     "B": ("51440002", "Right and left"),
-}
-
-# Coding Scheme Designators (PS3.16 Section 8) → FHIR code system URIs.
-CODING_SCHEMES: dict[str, str] = {
-    "DCM": DCM,
-    "SCT": SNOMED,
-    "SRT": SNOMED,
-    "LN": "http://loinc.org",
-    "C4": "http://www.ama-assn.org/go/cpt",
-    "CPT": "http://www.ama-assn.org/go/cpt",
-    "RADLEX": "http://radlex.org",
-    "I10": "http://hl7.org/fhir/sid/icd-10",
-    "UCUM": "http://unitsofmeasure.org",
 }
 
 GENDERS = {"M": "male", "F": "female", "O": "other"}
@@ -78,104 +41,62 @@ GENDERS = {"M": "male", "F": "female", "O": "other"}
 PN_REPRESENTATIONS = ("ABC", "IDE", "SYL")
 
 
-# --- Dates and times -----------------------------------------------------------------------------
+def _acquisition_modalities() -> frozenset[str]:
+    """DICOM CID 29 "Acquisition Modality" (from pydicom's copy of PS3.16): what ImagingStudy.modality lists."""
+    codes: set[str] = set()
+    for name in cid_concepts[29]["DCM"]:
+        codes.update(concepts["DCM"][name])
+    return frozenset(codes)
 
 
-def fhir_date(da: str) -> str | None:
-    """DICOM DA ``YYYYMMDD`` → FHIR date ``YYYY-MM-DD``; ``None`` if empty or not a real date."""
-    match = _DA.match(da.strip())
-    if not match:
-        return None
-    try:
-        return date(*(int(g) for g in match.groups())).isoformat()
-    except ValueError:
-        return None
-
-
-def parse_timezone_offset(value: str) -> timezone | None:
-    """TimezoneOffsetFromUTC ``+HHMM``/``-HHMM`` → a fixed offset; ``None`` when empty or malformed."""
-    match = _TZ.match(value.strip())
-    if not match:
-        return None
-    sign, hours, minutes = match.groups()
-    delta = timedelta(hours=int(hours), minutes=int(minutes))
-    if delta > timedelta(hours=14):
-        return None
-    return timezone(-delta if sign == "-" else delta)
-
-
-def fhir_datetime(da: str, tm: str, tz_offset: str, default_timezone: str) -> str | None:
-    """DICOM DA + TM (+ TimezoneOffsetFromUTC) → FHIR dateTime.
-
-    FHIR requires an offset whenever a time is given. DICOM times are local times; without
-    TimezoneOffsetFromUTC they are read in ``default_timezone`` (an IANA name such as
-    ``Europe/Berlin``, or ``UTC``), so summer and winter times get their right offsets.
-    Without a time (or with a malformed one) the result is the date alone, which FHIR allows.
-    """
-    day = fhir_date(da)
-    if day is None:
-        return None
-    time_match = _TM.match(tm.strip())
-    if not time_match:
-        return day
-    hh, mm, ss, frac = time_match.groups()
-    try:
-        local = datetime.fromisoformat(day).replace(
-            hour=int(hh), minute=int(mm or 0), second=int(ss or 0), microsecond=int((frac or "0").ljust(6, "0"))
-        )
-    except ValueError:
-        return day
-    zone = parse_timezone_offset(tz_offset) or _zone(default_timezone)
-    stamp = local.replace(tzinfo=zone).isoformat(timespec="milliseconds" if frac else "seconds")
-    return stamp[:-6] + "Z" if stamp.endswith("+00:00") else stamp
-
-
-def _zone(name: str) -> timezone | ZoneInfo:
-    tz = parse_timezone_offset(name)
-    if tz is not None:
-        return tz
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
+ACQUISITION_MODALITIES = _acquisition_modalities()
 
 
 # --- Person names --------------------------------------------------------------------------------
 
 
+def _display_order(components: list[str], group: int) -> str:
+    """Western order for the alphabetic group (``Dr John Smith``); family first for ideographic and phonetic."""
+    family, given, middle, prefix, suffix = components
+    if group == 0:
+        parts = (prefix, given, middle, family, suffix)
+    else:
+        parts = (prefix, family, given, middle, suffix)
+    return " ".join(p for p in parts if p)
+
+
 def pn_display(pn: str) -> str:
-    """A readable display of a DICOM PN: its first non-empty component group, ``^`` as spaces."""
-    for group in pn.split("="):
-        text = " ".join(part.strip() for part in group.split("^") if part.strip())
+    """A readable display of a DICOM PN: its first non-empty component group; ``""`` for a placeholder."""
+    for index, components in enumerate(split_person_name(pn)):
+        if is_placeholder("^".join(components)):
+            continue
+        text = _display_order(components, index)
         if text:
             return text
     return ""
 
 
 def pn_values(value: str) -> list[str]:
-    """The values of a possibly multi-valued (backslash-separated) PN, empty ones dropped."""
-    return [v for v in value.split("\\") if v.strip("=^ ")]
+    """The values of a possibly multi-valued (backslash-separated) PN, placeholders dropped."""
+    return [v for v in value.split("\\") if pn_display(v)]
 
 
 def human_names(pn: str, use: str = "official") -> list[dict[str, Any]]:
     """A DICOM PN → FHIR HumanName JSON, one per non-empty component group.
 
-    Components are family^given^middle^prefix^suffix; given and middle both become ``given``.
-    ``text`` keeps the DICOM order (family first). When the PN carries more than one group
-    (alphabetic=ideographic=phonetic, e.g. Japanese or Korean names), each HumanName is marked with
-    the ``iso21090-EN-representation`` extension: ABC (alphabetic), IDE (ideographic), SYL (phonetic:
-    the R4 value set NameRepresentationUse has ABC, IDE, SYL; there is no SYB).
+    Components are family^given^middle^prefix^suffix; given and middle both become ``given``; ``text``
+    is the display order of :func:`pn_display`. A name with any group besides the alphabetic one
+    (Japanese, Korean, Chinese names) marks each HumanName with the ``iso21090-EN-representation``
+    extension: ABC (alphabetic), IDE (ideographic), SYL (phonetic; R4's NameRepresentationUse has no SYB).
     """
-    groups = pn.split("=")[:3]
-    present = [(i, g) for i, g in enumerate(groups) if g.strip("^ ")]
+    groups = split_person_name(pn)
+    present = [(i, g) for i, g in enumerate(groups) if not is_placeholder("^".join(g))]
+    only_alphabetic = [i for i, _ in present] == [0]
     names: list[dict[str, Any]] = []
-    for index, group in present:
-        parts = [p.strip() for p in group.split("^")] + [""] * 5
-        family, given, middle, prefix, suffix = parts[:5]
+    for index, components in present:
+        family, given, middle, prefix, suffix = components
         name: dict[str, Any] = {"use": use}
-        text = " ".join(p for p in (family, given, middle) if p)
-        if prefix or suffix:
-            text = " ".join(p for p in (prefix, text, suffix) if p)
+        text = _display_order(components, index)
         if text:
             name["text"] = text
         if family:
@@ -187,7 +108,7 @@ def human_names(pn: str, use: str = "official") -> list[dict[str, Any]]:
             name["prefix"] = [prefix]
         if suffix:
             name["suffix"] = [suffix]
-        if len(present) > 1:
+        if not only_alphabetic:
             name["extension"] = [{"url": EN_REPRESENTATION, "valueCode": PN_REPRESENTATIONS[index]}]
         names.append(name)
     return names
@@ -198,6 +119,12 @@ def fhir_gender(sex: str) -> str:
     return GENDERS.get(sex.strip().upper(), "unknown")
 
 
+def display_text(value: str) -> str | None:
+    """A free-text value for a FHIR string: cleaned, ``None`` when nothing (or only a placeholder) is left."""
+    text = clean_text(value)
+    return None if is_placeholder(text) else text
+
+
 # --- Identifiers and codes -----------------------------------------------------------------------
 
 
@@ -205,41 +132,87 @@ def is_oid(value: str) -> bool:
     return bool(_OID.match(value))
 
 
-def issuer_system(issuer: str, default_system: str, local_issuer_prefix: str) -> str:
-    """An issuer of an identifier (IssuerOfPatientID, accession issuer) → a FHIR ``Identifier.system`` URI.
-
-    An OID becomes ``urn:oid:<oid>``; a value that already is a URI stays as it is; a local name
-    (``HOSP``) becomes ``<local_issuer_prefix><name>`` percent-encoded, so two issuers stay two systems;
-    no issuer at all gives ``default_system``.
-    """
-    issuer = issuer.strip()
-    if not issuer:
-        return default_system
-    if is_oid(issuer):
-        return f"urn:oid:{issuer}"
-    if _URI_SCHEME.match(issuer):
-        return issuer
-    return local_issuer_prefix + quote(issuer, safe="")
-
-
 def oid_urn(uid: str) -> str:
     return f"urn:oid:{uid}"
 
 
-def coding_system(scheme: str) -> str | None:
-    """A DICOM Coding Scheme Designator → FHIR system URI; ``None`` for local (e.g. ``99…``) schemes."""
+def coding_system(scheme: str, local_systems: Mapping[str, str] | None = None) -> str | None:
+    """A Coding Scheme Designator → FHIR system URI: a URI as such, the site's own table
+    (``fhir_coding_systems``, for ``99…`` local schemes), else :data:`CODING_SCHEMES`; ``None`` if unknown."""
     scheme = scheme.strip()
-    if scheme.startswith("urn:") or scheme.startswith("http"):
+    if scheme.startswith(("urn:", "http://", "https://")):
         return scheme
-    return CODING_SCHEMES.get(scheme.upper())
+    if local_systems and scheme in local_systems:
+        return local_systems[scheme]
+    return CODING_SCHEMES.get(scheme) or CODING_SCHEMES.get(scheme.upper())
 
 
-def body_site(body_part: str) -> dict[str, str] | None:
-    """BodyPartExamined → a SNOMED CT Coding for the terms of :data:`BODY_PARTS`; unknown terms → ``None``."""
-    known = BODY_PARTS.get(body_part.strip().upper().replace(" ", ""))
+def coding(code: CodedValue, local_systems: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """One DICOM code → a FHIR Coding; ``None`` when its scheme has no known system (see :func:`concept`).
+
+    SRT (SNOMED RT) codes are not SNOMED CT concept ids: an SRT code with an SCT equivalent in DICOM's
+    PS3.16 mapping (pydicom's copy) becomes that SCT code; one without keeps SNOMED RT's own system.
+    """
+    value = clean_text(code.code)
+    if not value:
+        return None
+    scheme = code.scheme.strip().upper()
+    meaning = clean_text(code.meaning)
+    if scheme == "SRT":
+        sct = snomed_mapping["SRT"].get(value)
+        system, value = (SNOMED, sct) if sct else (SNOMED_RT, value)
+    else:
+        found = coding_system(code.scheme, local_systems)
+        if found is None:
+            return None
+        system = found
+    result = {"system": system, "code": value}
+    if meaning:
+        result["display"] = meaning
+    return result
+
+
+def concept(code: CodedValue, local_systems: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """One DICOM code → a FHIR CodeableConcept: its Coding when the scheme is known, and the meaning as text.
+
+    A code of an unknown scheme keeps only its meaning: a code without a system would say nothing
+    a receiver could rely on.
+    """
+    found = coding(code, local_systems)
+    meaning = clean_text(code.meaning)
+    result: dict[str, Any] = {}
+    if found is not None:
+        result["coding"] = [found]
+    if meaning:
+        result["text"] = meaning
+    return result or None
+
+
+def acquisition_modalities(modalities: Iterable[str]) -> list[str]:
+    """The modalities that belong in ImagingStudy.modality: DICOM CID 29 only (not SR, KO, PR, OT ...)."""
+    return [m for m in dict.fromkeys(m.strip().upper() for m in modalities) if m in ACQUISITION_MODALITIES]
+
+
+def body_site(
+    regions: Iterable[CodedValue], body_part: str, local_systems: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """A series' body site: its AnatomicRegionSequence code first, else BodyPartExamined through PS3.16
+    Annex L (:data:`BODY_PART_EXAMINED`); unknown terms → ``None`` rather than a guess."""
+    for region in regions:
+        found = coding(region, local_systems)
+        if found is not None:
+            return found
+    term = re.sub(r"[\s_]+", "", clean_text(body_part).upper())
+    known = BODY_PART_EXAMINED.get(term)
     return {"system": SNOMED, "code": known[0], "display": known[1]} if known else None
 
 
-def laterality(value: str) -> dict[str, str] | None:
-    known = LATERALITY.get(value.strip().upper())
+def laterality(series_laterality: str, image_lateralities: Iterable[str] = ()) -> dict[str, str] | None:
+    """A series' laterality: Laterality (0020,0060), else ImageLaterality when every image of the series
+    carries the same one (a series with left and right images, or some without, has none)."""
+    side = series_laterality.strip().upper()
+    if side not in LATERALITY:
+        sides = {s.strip().upper() for s in image_lateralities}
+        side = sides.pop() if len(sides) == 1 else ""
+    known = LATERALITY.get(side)
     return {"system": SNOMED, "code": known[0], "display": known[1]} if known else None

@@ -21,10 +21,10 @@ import msgspec
 from msgspec import Meta
 
 from domain.errors import InvalidRecordError
-from domain.events import CODES_MAX_ITEMS, TEXT_MAX_CHARS, IntegerString, ShortText, Text, Uid
+from domain.events import CODES_MAX_ITEMS, TEXT_MAX_CHARS, Codes, IntegerString, ShortText, Text, Uid
 from domain.study import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo
 
-READY_SCHEMA_VERSION = 2
+READY_SCHEMA_VERSION = 3  # 3: request attributes, issuers' universal ids, regions, image lateralities
 MAX_INSTANCES = 1_000_000
 Count = Annotated[int, Meta(ge=0, le=MAX_INSTANCES)]
 Revision = Annotated[int, Meta(ge=1, le=2**31 - 1)]
@@ -53,6 +53,8 @@ class ReadySeries(msgspec.Struct, frozen=True, gc=False):
     institution: Text = ""
     number_of_instances: Count = 0
     instances: Annotated[tuple[ReadyInstance, ...], Meta(max_length=MAX_INSTANCES)] = ()
+    anatomic_regions: Codes = ()
+    image_lateralities: Annotated[tuple[ShortText, ...], Meta(max_length=CODES_MAX_ITEMS)] = ()
 
 
 class StudyReady(msgspec.Struct, frozen=True, gc=False):
@@ -100,6 +102,8 @@ def _ready_series(info: SeriesInfo, instances: list[ReadyInstance]) -> ReadySeri
         institution=info.institution,
         number_of_instances=len(ordered),
         instances=ordered,
+        anatomic_regions=info.anatomic_regions,
+        image_lateralities=info.image_lateralities,
     )
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from domain import dead_letters
 from domain.errors import StudyStreamError
+from domain.study import PATIENT_CONFLICT
 
 
 class RedriveError(StudyStreamError):
@@ -143,6 +144,9 @@ def plan(letters: Iterable[Letter], chosen: RedriveFilter, routes: Routes, ledge
             continue
         if ledger.contains(letter.partition, letter.offset):
             planned.append(Planned(letter, None, "already sent back"))
+            continue
+        if letter.reason == PATIENT_CONFLICT:
+            planned.append(Planned(letter, None, "a patient conflict: decide it with `studystream resolve`"))
             continue
         target = routes.target(letter.source_topic)
         planned.append(Planned(letter, target, "" if target else f"source {letter.source_topic or '?'} not redriven"))

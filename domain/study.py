@@ -30,9 +30,12 @@ import msgspec
 
 from domain.errors import InvalidRecordError
 from domain.events import Codes, CommitmentRequest, InstanceEvent, ShortText, Text, Uid
+from domain.patient import IdentityOptions, identity_key, patient_identity
 from domain.uids import is_valid_uid
 
-STATE_SCHEMA_VERSION = 2
+STATE_SCHEMA_VERSION = 3  # 3: patient identities (conflicts), latest-wins attributes, image lateralities
+DEFAULT_IDENTITY = IdentityOptions()
+PATIENT_CONFLICT = "patient_conflict"  # the reason a conflicting revision is dead-lettered with
 
 
 class StudyStatus(StrEnum):
@@ -40,6 +43,7 @@ class StudyStatus(StrEnum):
     SEALED = "sealed"  # the current revision is complete; its ready record is being published
     PUBLISHED = "published"  # the current revision was acknowledged on imaging.study.ready
     FAILED = "failed"  # the current revision cannot be emitted (e.g. too large); see `failure`
+    CONFLICT = "conflict"  # instances of more than one patient: held until consistent or resolved
 
 
 class PatientInfo(msgspec.Struct, frozen=True, gc=False):
@@ -50,6 +54,18 @@ class PatientInfo(msgspec.Struct, frozen=True, gc=False):
     name: Text = ""
     birth_date: ShortText = ""
     sex: ShortText = ""
+    issuer_universal: Text = ""
+    issuer_universal_type: ShortText = ""
+    calling_ae: ShortText = ""  # whose AE title maps to an identifier system when no issuer is sent
+
+
+class PatientSeen(msgspec.Struct, frozen=True, gc=False):
+    """One patient identity among a study's instances: its key, latest demographics and instance count."""
+
+    key: str
+    patient: PatientInfo
+    instances: int = 0
+    seen_at: float = 0.0  # event time of the latest instance whose demographics ``patient`` holds
 
 
 class StudyInfo(msgspec.Struct, frozen=True, gc=False):
@@ -66,6 +82,16 @@ class StudyInfo(msgspec.Struct, frozen=True, gc=False):
     procedure_codes: Codes = ()
     institution: Text = ""
     study_id: Text = ""
+    accession_issuer_universal: Text = ""
+    accession_issuer_universal_type: ShortText = ""
+    reading_physicians: Text = ""
+    reason_codes: Codes = ()
+    reason_text: Text = ""
+    placer_order_number: Text = ""
+    placer_order_issuer: Text = ""
+    placer_order_issuer_universal: Text = ""
+    placer_order_issuer_universal_type: ShortText = ""
+    department: Text = ""
 
 
 class SeriesInfo(msgspec.Struct, frozen=True, gc=False):
@@ -83,6 +109,10 @@ class SeriesInfo(msgspec.Struct, frozen=True, gc=False):
     model: str = ""
     institution: str = ""
     first_offset: int = -1  # imaging.raw offset of the record that created the row (-1: before offsets were kept)
+    anatomic_regions: Codes = ()
+    # ImageLaterality values of the series' images, "" for an image without: labels the series only when one.
+    image_lateralities: tuple[str, ...] = ()
+    attributes_at: float = 0.0  # event time of the latest instance whose attributes the row holds
 
 
 class InstanceInfo(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -98,8 +128,12 @@ class InstanceInfo(msgspec.Struct, frozen=True, gc=False, array_like=True):
     first_offset: int = -1  # imaging.raw offset of the record that created the row
     source_offset: int = -1  # imaging.raw offset of the record that last wrote it
     placed_at_ns: int = 0  # when the receiver placed this version's file (0: unknown)
+    patient_key: str = ""  # identity_key of this version's patient ("": a row of state schema 2)
 
     def same_content(self, other: InstanceInfo) -> bool:
+        # A schema-2 row knows no patient key; its bytes' hash covers the patient attributes anyway.
+        if self.patient_key != other.patient_key and self.patient_key and other.patient_key:
+            return False
         return (self.uid, self.series_uid, self.sop_class_uid, self.number, self.title, self.sha256) == (
             other.uid,
             other.series_uid,
@@ -132,6 +166,12 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     applied_offset: int = -1  # imaging.raw offset of the last record applied to this header
     sealed_at: str = ""  # ISO 8601 UTC: when the current revision was sealed (its ready record's ready_at)
     schema_version: int = STATE_SCHEMA_VERSION
+    patient_key: str = ""  # identity_key of ``patient``
+    patients: tuple[PatientSeen, ...] = ()  # every identity with instances in the study (more than one: conflict)
+    resolved_keys: tuple[str, ...] = ()  # identities an operator's resolution covered ...
+    resolved_key: str = ""  # ... and the one it chose
+    attributes_at: float = 0.0  # event time of the latest instance whose study attributes ``study`` holds
+    ready_now: bool = False  # a resolution decided the open revision: ready without a quiet period
 
 
 class Reception(msgspec.Struct, frozen=True, gc=False):
@@ -173,7 +213,24 @@ def patient_from_event(event: InstanceEvent) -> PatientInfo:
         name=event.patient_name,
         birth_date=event.birth_date,
         sex=event.sex,
+        issuer_universal=event.patient_issuer_universal,
+        issuer_universal_type=event.patient_issuer_universal_type,
+        calling_ae=event.calling_ae,
     )
+
+
+def patient_key_of(patient: PatientInfo, study_uid: str, options: IdentityOptions) -> str:
+    """The identity key of a patient as a study records it (:mod:`domain.patient`)."""
+    system, value = patient_identity(
+        patient.id,
+        patient.issuer,
+        patient.issuer_universal,
+        patient.issuer_universal_type,
+        patient.calling_ae,
+        study_uid,
+        options,
+    )
+    return identity_key(system, value)
 
 
 def study_from_event(event: InstanceEvent) -> StudyInfo:
@@ -189,10 +246,20 @@ def study_from_event(event: InstanceEvent) -> StudyInfo:
         procedure_codes=tuple(event.procedure_codes),
         institution=event.institution,
         study_id=event.study_id,
+        accession_issuer_universal=event.accession_issuer_universal,
+        accession_issuer_universal_type=event.accession_issuer_universal_type,
+        reading_physicians=event.reading_physicians,
+        reason_codes=tuple(event.reason_codes),
+        reason_text=event.reason_text,
+        placer_order_number=event.placer_order_number,
+        placer_order_issuer=event.placer_order_issuer,
+        placer_order_issuer_universal=event.placer_order_issuer_universal,
+        placer_order_issuer_universal_type=event.placer_order_issuer_universal_type,
+        department=event.department,
     )
 
 
-def series_from_event(event: InstanceEvent, first_offset: int = -1) -> SeriesInfo:
+def series_from_event(event: InstanceEvent, first_offset: int = -1, event_time: float = 0.0) -> SeriesInfo:
     return SeriesInfo(
         uid=event.series_uid,
         number=event.series_number,
@@ -208,10 +275,15 @@ def series_from_event(event: InstanceEvent, first_offset: int = -1) -> SeriesInf
         model=event.model,
         institution=event.institution,
         first_offset=first_offset,
+        anatomic_regions=tuple(event.anatomic_regions),
+        image_lateralities=(event.image_laterality,),
+        attributes_at=event_time,
     )
 
 
-def instance_from_event(event: InstanceEvent, revision: int = 0, first_offset: int = -1) -> InstanceInfo:
+def instance_from_event(
+    event: InstanceEvent, revision: int = 0, first_offset: int = -1, patient_key: str = ""
+) -> InstanceInfo:
     return InstanceInfo(
         uid=event.sop_instance_uid,
         series_uid=event.series_uid,
@@ -222,76 +294,54 @@ def instance_from_event(event: InstanceEvent, revision: int = 0, first_offset: i
         revision=revision,
         first_offset=first_offset,
         placed_at_ns=event.placed_at_ns,
+        patient_key=patient_key,
     )
 
 
 _EMPTY = ("", None, ())
 
-# Where each field of the infos built from an event comes from (as in the *_from_event functions above).
-_EVENT_SOURCES: dict[type, dict[str, str]] = {
-    PatientInfo: {
-        "id": "patient_id",
-        "issuer": "issuer_of_patient_id",
-        "name": "patient_name",
-        "birth_date": "birth_date",
-        "sex": "sex",
-    },
-    StudyInfo: {
-        "uid": "study_uid",
-        "date": "study_date",
-        "time": "study_time",
-        "timezone_offset": "timezone_offset",
-        "description": "study_description",
-        "accession_number": "accession_number",
-        "accession_issuer": "accession_issuer",
-        "referring_physician": "referring_physician",
-        "procedure_codes": "procedure_codes",
-        "institution": "institution",
-        "study_id": "study_id",
-    },
-    SeriesInfo: {
-        "uid": "series_uid",
-        "number": "series_number",
-        "modality": "modality",
-        "description": "series_description",
-        "date": "series_date",
-        "time": "series_time",
-        "body_part": "body_part_examined",
-        "laterality": "laterality",
-        "performing_physician": "performing_physician",
-        "operators_name": "operators_name",
-        "manufacturer": "manufacturer",
-        "model": "model",
-        "institution": "institution",
-    },
+# The fields of each info that instances report, in the order the *_from_event functions fill them.
+# Identity (``uid``) never changes; every other field follows the latest instance (merge_latest).
+_MERGED_FIELDS: dict[type, tuple[str, ...]] = {
+    PatientInfo: tuple(f for f in PatientInfo.__struct_fields__),
+    StudyInfo: tuple(f for f in StudyInfo.__struct_fields__ if f != "uid"),
+    SeriesInfo: tuple(
+        f
+        for f in SeriesInfo.__struct_fields__
+        if f not in ("uid", "first_offset", "image_lateralities", "attributes_at")
+    ),
 }
 
 
-def fill_blanks(known: _T, incoming: _T) -> _T:
-    """``known`` with its empty fields taken from ``incoming``: the first non-empty value wins.
+def merge_latest(known: _T, incoming: _T, newer: bool) -> _T:
+    """``known`` updated from ``incoming``: every non-empty value of a ``newer`` instance wins, and an
+    older instance (an event read out of order) only fills what is empty.
 
-    Later instances never overwrite what an earlier one said, so a study's attributes do not flap.
-    """
-    updates = {
-        name: value
-        for name in _EVENT_SOURCES[type(known)]
-        if getattr(known, name) in _EMPTY and (value := getattr(incoming, name)) not in _EMPTY
-    }
-    return _replace(known, **updates) if updates else known
-
-
-def fill_blanks_from_event(known: _T, event: InstanceEvent) -> _T:
-    """``fill_blanks(known, <info>_from_event(event))`` that reads only the event fields ``known`` lacks.
-
-    The aggregator's hot path: most events fill nothing. Returns ``known`` itself when nothing changes.
+    Latest-wins is what makes a correction reach FHIR: a modality (or a PACS) re-sending a study with
+    a corrected description or patient name. Empty values never erase: instances of other kinds (a
+    dose report, a key object) routinely leave study attributes out. Returns ``known`` itself when
+    nothing changes.
     """
     updates: dict[str, Any] = {}
-    for name, attribute in _EVENT_SOURCES[type(known)].items():
-        if getattr(known, name) in _EMPTY:
-            value = getattr(event, attribute)
-            if value not in _EMPTY:
-                updates[name] = value
+    for name in _MERGED_FIELDS[type(known)]:
+        value = getattr(incoming, name)
+        if value in _EMPTY:
+            continue
+        current = getattr(known, name)
+        if current != value and (newer or current in _EMPTY):
+            updates[name] = value
     return _replace(known, **updates) if updates else known
+
+
+def merge_series(known: SeriesInfo, event: InstanceEvent, event_time: float) -> SeriesInfo:
+    """A series row after one more of its instances: latest attributes, and the image's laterality noted."""
+    merged = merge_latest(known, series_from_event(event), newer=event_time >= known.attributes_at)
+    updates: dict[str, Any] = {}
+    if event_time > merged.attributes_at:
+        updates["attributes_at"] = event_time
+    if event.image_laterality not in merged.image_lateralities:
+        updates["image_lateralities"] = tuple(sorted({*merged.image_lateralities, event.image_laterality}))
+    return _replace(merged, **updates) if updates else merged
 
 
 def event_time_of(event: InstanceEvent, message_timestamp: float | None, fallback: float) -> float:
@@ -309,6 +359,102 @@ def iso_utc(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# --- Patients of a study -------------------------------------------------------------------------
+
+
+def with_identities(header: StudyHeader, options: IdentityOptions) -> StudyHeader:
+    """A header of state schema 2 (no identities recorded) as schema 3: one identity holding every instance."""
+    if header.patients or header.instance_count == 0:
+        return header
+    key = header.patient_key or patient_key_of(header.patient, header.study.uid, options)
+    seen = PatientSeen(key, header.patient, header.instance_count, header.last_event_time)
+    return _replace(header, patient_key=key, patients=(seen,))
+
+
+def count_patient(
+    patients: tuple[PatientSeen, ...], key: str, incoming: PatientInfo, event_time: float, replaced_key: str | None
+) -> tuple[PatientSeen, ...]:
+    """The identities after one instance of ``key``: one more instance for it (its demographics merged,
+    latest wins), one fewer for ``replaced_key`` when the instance replaced a version of another patient.
+
+    ``replaced_key`` is ``None`` for a new instance; equal to ``key`` for a new version of the same
+    patient's instance (no count changes). Identities left without instances are dropped.
+    """
+    result: list[PatientSeen] = []
+    found = False
+    for seen in patients:
+        if seen.key == key:
+            found = True
+            seen = _replace(
+                seen,
+                patient=merge_latest(seen.patient, incoming, newer=event_time >= seen.seen_at),
+                instances=seen.instances + (0 if replaced_key == key else 1),
+                seen_at=max(seen.seen_at, event_time),
+            )
+        elif seen.key == replaced_key:
+            seen = _replace(seen, instances=seen.instances - 1)
+        if seen.instances > 0:
+            result.append(seen)
+    if not found:
+        result.append(PatientSeen(key, incoming, 1, event_time))
+    return tuple(result)
+
+
+def study_patient(
+    patients: tuple[PatientSeen, ...], current_key: str, resolved_keys: tuple[str, ...], resolved_key: str
+) -> PatientSeen | None:
+    """The identity the study is filed under: the only one; the operator's choice when the resolution
+    covers every identity present; else (a conflict) the one it had."""
+    if not patients:
+        return None
+    if len(patients) == 1:
+        return patients[0]
+    if resolved_key and all(p.key in resolved_keys for p in patients):
+        return next((p for p in patients if p.key == resolved_key), patients[0])
+    return next((p for p in patients if p.key == current_key), patients[0])
+
+
+def in_conflict(header: StudyHeader) -> bool:
+    """Instances of more than one patient, not all covered by an operator's resolution."""
+    return len(header.patients) > 1 and not (
+        header.resolved_key and all(p.key in header.resolved_keys for p in header.patients)
+    )
+
+
+def _with_patient(
+    header: StudyHeader, event: InstanceEvent, key: str, event_time: float, replaced_key: str | None
+) -> dict[str, Any]:
+    patients = count_patient(header.patients, key, patient_from_event(event), event_time, replaced_key)
+    chosen = study_patient(patients, header.patient_key or key, header.resolved_keys, header.resolved_key)
+    assert chosen is not None  # count_patient leaves ``key`` with at least this instance
+    return {"patients": patients, "patient": chosen.patient, "patient_key": chosen.key}
+
+
+def resolve_patient(header: StudyHeader, key: str, offset: int) -> StudyHeader | None:
+    """An operator's resolution of a conflict: the study is ``key``'s, for the identities present now.
+
+    Opens the next revision, ready at once. ``None`` when ``key`` is not among the study's identities
+    (a resolution for another state of the study: an invalid record). A resolution the header already
+    reflects (``offset``) changes nothing.
+    """
+    if offset <= header.applied_offset:
+        return header
+    if all(p.key != key for p in header.patients):
+        return None
+    resolved = _replace(
+        header,
+        resolved_keys=tuple(p.key for p in header.patients),
+        resolved_key=key,
+        applied_offset=offset,
+    )
+    chosen = study_patient(resolved.patients, key, resolved.resolved_keys, key)
+    assert chosen is not None
+    changes: dict[str, Any] = {"patient": chosen.patient, "patient_key": chosen.key, "ready_now": True}
+    if header.status is not StudyStatus.RECEIVING:
+        changes.update({**_next_revision(header), "ready_now": True})
+    return _replace(resolved, **changes)
+
+
 # --- Rules ---------------------------------------------------------------------------------------
 
 
@@ -323,16 +469,21 @@ def apply_instance(
     known_instance: InstanceInfo | None,
     event: InstanceEvent,
     at: Reception,
+    identity: IdentityOptions = DEFAULT_IDENTITY,
 ) -> StudyUpdate:
     """Apply one instance event to what is stored for its study, series and SOP Instance UID.
 
     A repeated SOP Instance UID with the same content changes nothing (at-least-once delivery and
     modality re-sends are harmless). Different content under a known UID (a replaced instance) changes
-    the study without counting it twice.
+    the study without counting it twice. The study's attributes and its patient's demographics follow
+    the latest instance (:func:`merge_latest`); its patient identities are counted (:func:`count_patient`).
     """
-    if header is not None and at.offset <= header.applied_offset:
-        return _repair(header, known_series, known_instance, event, at)
-    incoming = instance_from_event(event)
+    if header is not None:
+        header = with_identities(header, identity)
+        if at.offset <= header.applied_offset:
+            return _repair(header, known_series, known_instance, event, at, identity)
+    key = patient_key_of(patient_from_event(event), event.study_uid, identity)
+    incoming = instance_from_event(event, patient_key=key)
     if header is not None and placed_before(incoming, known_instance):
         return StudyUpdate(header=header)
     counted = known_instance if known_instance is not None and _counted(header, known_instance.first_offset) else None
@@ -346,10 +497,10 @@ def apply_instance(
 
     series_counted = known_series is not None and _counted(header, known_series.first_offset)
     if known_series is not None:
-        merged_series = fill_blanks_from_event(known_series, event)
+        merged_series = merge_series(known_series, event, at.event_time)
         series_to_write = merged_series if merged_series is not known_series else None
     else:
-        series_to_write = series_from_event(event, first_offset=at.offset)
+        series_to_write = series_from_event(event, first_offset=at.offset, event_time=at.event_time)
 
     received = iso_utc(at.event_time)  # one conversion per event: it is a tenth of this function
     if header is None:
@@ -358,23 +509,14 @@ def apply_instance(
             patient=patient_from_event(event),
             first_received=received,
             partition=at.partition,
+            attributes_at=at.event_time,
         )
         opened = True
         changes: dict[str, Any] = {}
     else:
-        changes = {
-            "study": fill_blanks_from_event(header.study, event),
-            "patient": fill_blanks_from_event(header.patient, event),
-        }
-        opened = header.status is not StudyStatus.RECEIVING
-        if opened:  # a sealed (or failed) revision is final: anything new opens the next one
-            changes.update(_next_revision(header))
-        elif header.commitment_waiting and incoming.uid in header.commitment_waiting:
-            # The last instance a commitment request was waiting for makes the study committed.
-            waiting = tuple(uid for uid in header.commitment_waiting if uid != incoming.uid)
-            changes.update(
-                commitment_waiting=waiting, commitment_requested=not waiting and not header.commitment_parts_left
-            )
+        changes, opened = _changes_for(header, event, incoming, at.event_time)
+    replaced_key = (counted.patient_key or header.patient_key) if counted is not None else None
+    changes.update(_with_patient(header, event, key, at.event_time, replaced_key))
 
     first_received = header.first_received
     if not first_received or received < first_received:
@@ -404,6 +546,26 @@ def apply_instance(
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 
 
+def _changes_for(
+    header: StudyHeader, event: InstanceEvent, incoming: InstanceInfo, event_time: float
+) -> tuple[dict[str, Any], bool]:
+    """What one more instance changes in a known study's header besides counts and clocks; and whether
+    it opens a revision."""
+    changes: dict[str, Any] = {
+        "study": merge_latest(header.study, study_from_event(event), newer=event_time >= header.attributes_at),
+        "attributes_at": max(header.attributes_at, event_time),
+    }
+    opened = header.status is not StudyStatus.RECEIVING
+    if opened:  # a sealed (failed, conflicting) revision is final: anything new opens the next one
+        changes.update(_next_revision(header))
+    elif header.commitment_waiting and incoming.uid in header.commitment_waiting:
+        # The last instance a commitment request was waiting for makes the study committed.
+        waiting = tuple(uid for uid in header.commitment_waiting if uid != incoming.uid)
+        committed = not waiting and not header.commitment_parts_left
+        changes.update(commitment_waiting=waiting, commitment_requested=committed)
+    return changes, opened
+
+
 def placed_before(incoming: InstanceInfo, known: InstanceInfo | None) -> bool:
     """Whether ``incoming`` is a version of a file that a later placement replaced (its event came late).
 
@@ -429,6 +591,7 @@ def _next_revision(header: StudyHeader) -> dict[str, Any]:
         "commitment_parts_left": 0,
         "failure": "",
         "sealed_at": "",
+        "ready_now": False,
     }
 
 
@@ -438,6 +601,7 @@ def _repair(
     known_instance: InstanceInfo | None,
     event: InstanceEvent,
     at: Reception,
+    identity: IdentityOptions = DEFAULT_IDENTITY,
 ) -> StudyUpdate:
     """A record the header already reflects: write back its rows if they went missing, count nothing.
 
@@ -445,7 +609,8 @@ def _repair(
     arrived, a row did not), or when local state was damaged and the input is re-read. A row that is
     restored after its revision was sealed opens the next revision, so the instance reaches FHIR.
     """
-    incoming = instance_from_event(event)
+    key = patient_key_of(patient_from_event(event), event.study_uid, identity)
+    incoming = instance_from_event(event, patient_key=key)
     if placed_before(incoming, known_instance):
         return StudyUpdate(header=header)
     missing = known_instance is None
@@ -454,7 +619,14 @@ def _repair(
         and 0 <= known_instance.source_offset < at.offset
         and not known_instance.same_content(incoming)
     )
-    series_to_write = series_from_event(event, first_offset=at.offset) if known_series is None else None
+    # This record changed its series in the first run only if it wrote its instance row (not a repeat).
+    wrote_instance = missing or stale or (known_instance is not None and known_instance.source_offset == at.offset)
+    series_to_write: SeriesInfo | None = None
+    if known_series is None:
+        series_to_write = series_from_event(event, first_offset=at.offset, event_time=at.event_time)
+    elif wrote_instance:  # the row may predate this record's write of it: merging again is harmless if not
+        merged_series = merge_series(known_series, event, at.event_time)
+        series_to_write = merged_series if merged_series is not known_series else None
     if not missing and not stale and series_to_write is None:
         return StudyUpdate(header=header)
     opened = header.status is not StudyStatus.RECEIVING
@@ -519,7 +691,7 @@ def is_ready(header: StudyHeader, now_wall: float, now_event_time: float | None,
     """
     if header.status is not StudyStatus.RECEIVING or header.instance_count == 0:
         return False
-    if header.commitment_requested:
+    if header.commitment_requested or header.ready_now:
         return True
     if now_event_time is None:
         return False
@@ -534,7 +706,7 @@ def needs_check(header: StudyHeader, now_wall: float, quiet_period: float) -> bo
     if header.status is StudyStatus.SEALED:
         return True
     return header.status is StudyStatus.RECEIVING and (
-        header.commitment_requested or now_wall - header.last_wall_time >= quiet_period
+        header.commitment_requested or header.ready_now or now_wall - header.last_wall_time >= quiet_period
     )
 
 
@@ -549,6 +721,11 @@ def mark_published(header: StudyHeader) -> StudyHeader:
 
 def mark_failed(header: StudyHeader, reason: str) -> StudyHeader:
     return _replace(header, status=StudyStatus.FAILED, failure=reason)
+
+
+def mark_conflict(header: StudyHeader, sealed_at: str) -> StudyHeader:
+    """The open revision is complete but holds instances of more than one patient: it is not uploaded."""
+    return _replace(header, status=StudyStatus.CONFLICT, sealed_at=sealed_at, failure=PATIENT_CONFLICT)
 
 
 # --- Storage encoding (table values) -------------------------------------------------------------

@@ -7,6 +7,7 @@ Services: a client-credentials access token obtained with a signed JWT client as
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from app.settings import Settings
 from domain.errors import ConfigurationError, StudyStreamError
 from domain.fhir_mapping import (
     MappingOptions,
+    StoredPatient,
     StoredStudy,
     meta_delete_parameters,
+    patient_search_query,
     stored_mapping_version,
     stored_revision,
     study_search_query,
@@ -33,6 +36,14 @@ FHIR_JSON = "application/fhir+json"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 300  # seconds; SMART: "no more than five minutes in the future"
 TOKEN_EXPIRY_MARGIN = 30.0  # seconds: refresh a token this long before it expires
+
+# httpx logs every request's URL at INFO, and a Patient search's URL holds the patient's identifier.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _version_id(resource: dict[str, Any]) -> str | None:
+    meta = resource.get("meta")
+    return str(meta["versionId"]) if isinstance(meta, dict) and meta.get("versionId") else None
 
 
 class FhirHttpError(StudyStreamError):
@@ -174,13 +185,13 @@ class FhirClient:
             return response
         return response
 
-    async def find_study(self, study_uid: str) -> StoredStudy | None:
-        """The ImagingStudy stored for a study UID (id, version, StudyStream revision), if any."""
-        # no-cache: HAPI serves a repeated search from its result cache (60 s by default), which would
-        # hide a revision written moments ago and let an older one overwrite it.
-        response = await self._request(
-            "GET", f"ImagingStudy?{study_search_query(study_uid)}&_elements=meta", headers={"Cache-Control": "no-cache"}
-        )
+    async def _search(self, resource_type: str, query: str) -> list[dict[str, Any]]:
+        """The resources of ``resource_type`` (with an id) a search returns.
+
+        ``no-cache``: HAPI serves a repeated search from its result cache (60 s by default), which would
+        hide a revision written moments ago and let an older one overwrite it.
+        """
+        response = await self._request("GET", f"{resource_type}?{query}", headers={"Cache-Control": "no-cache"})
         if response.status_code != 200:
             raise FhirHttpError(response)
         try:
@@ -188,22 +199,36 @@ class FhirClient:
         except ValueError:
             raise FhirHttpError(response) from None
         entries = body.get("entry") if isinstance(body, dict) else None
-        resources = [e.get("resource") for e in entries or () if isinstance(e, dict)]
-        studies = [
-            r for r in resources if isinstance(r, dict) and r.get("resourceType") == "ImagingStudy" and r.get("id")
-        ]
+        resources = (e.get("resource") for e in entries or () if isinstance(e, dict))
+        return [r for r in resources if isinstance(r, dict) and r.get("resourceType") == resource_type and r.get("id")]
+
+    async def find_study(self, study_uid: str) -> StoredStudy | None:
+        """The ImagingStudy stored for a study UID (id, version, StudyStream revision), if any."""
+        studies = await self._search("ImagingStudy", f"{study_search_query(study_uid)}&_elements=meta")
         if not studies:
             return None
         # Two would be a duplicate created outside StudyStream: the highest revision is the one to keep.
         best = max(studies, key=lambda r: stored_revision(r, self.options))
-        meta = best.get("meta") if isinstance(best.get("meta"), dict) else {}
         return StoredStudy(
             id=str(best["id"]),
-            version=str(meta["versionId"]) if meta.get("versionId") else None,
+            version=_version_id(best),
             revision=stored_revision(best, self.options),
             mapping_version=stored_mapping_version(best),
             tags=studystream_tags(best, self.options),
         )
+
+    async def find_patient(self, system: str, value: str) -> StoredPatient | None:
+        """The Patient stored under an identifier; ``None`` when there is none, or more than one.
+
+        Several Patients with one identifier (made outside StudyStream) are an ambiguity no rule can
+        settle: the Bundle then creates the Patient conditionally, the server refuses that (412), and the
+        study is dead-lettered as ``fhir_conflict`` instead of being filed under one of them.
+        """
+        patients = await self._search("Patient", patient_search_query(system, value))
+        if len(patients) != 1:
+            return None
+        (found,) = patients
+        return StoredPatient(id=str(found["id"]), version=_version_id(found), resource=found)
 
     async def delete_tags(self, resource_id: str, tags: list[dict[str, str]]) -> httpx.Response:
         """``$meta-delete`` of ``tags`` on an ImagingStudy (no new version of the resource)."""

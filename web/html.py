@@ -26,6 +26,7 @@ th{background:#eef1f5;font-weight:600}td.num{text-align:right}code{font-size:.8r
 .st{padding:.1rem .45rem;border-radius:.6rem;font-weight:600;font-size:.8rem}
 .st-receiving{background:#fff3cd;color:#7a5a00}.st-ready{background:#d8ecff;color:#0b4f8a}
 .st-published{background:#d7f5dd;color:#17692b}.st-failed{background:#fde0e0;color:#9b1c1c}
+.st-conflict{background:#f3d9fa;color:#6a1b7a}
 .hidden{color:#8a93a0;font-style:italic}.t{white-space:nowrap}.warn{color:#9b1c1c}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;background:#fff;padding:.6rem}
 dt{font-weight:600}dd{margin:0}
@@ -153,6 +154,24 @@ def index_page(
     return _page("StudyStream studies", body, refresh_seconds)
 
 
+def identities_cell(patients: list[Mapping[str, Any]], study_uid: str) -> str:
+    """The study's patient identities by key; more than one is a conflict, with the command that decides it."""
+    if not patients:
+        return ""
+    items = []
+    for p in patients:
+        shown = " ".join(escape(str(p[k])) for k in ("name", "id", "issuer") if p.get(k))
+        mark = " (filed under)" if p.get("current") else ""
+        items.append(f"<li><code>{escape(p['key'])}</code>: {int(p['instances'])} instance(s){mark} {shown}</li>")
+    hint = ""
+    if len(patients) > 1:
+        hint = (
+            '<p class="warn">Instances of more than one patient: not uploaded. Fix them at the source and '
+            f"send again, or decide: <code>studystream resolve {escape(study_uid)} --patient &lt;key&gt;</code></p>"
+        )
+    return f"<ul>{''.join(items)}</ul>{hint}"
+
+
 def detail_page(study: Mapping[str, Any], refresh_seconds: int) -> str:
     """One study: attributes, FHIR outcome, series, instances."""
     facts = [
@@ -164,6 +183,7 @@ def detail_page(study: Mapping[str, Any], refresh_seconds: int) -> str:
         ("Accession number", escape(study["accession_number"])),
         ("Institution", escape(study["study"]["institution"])),
         ("Patient", patient_cell(study["patient"])),
+        ("Patient identities", identities_cell(study["patients"], study["study_uid"])),
         ("Modalities", escape(", ".join(study["modalities"]))),
         ("Series / instances", f"{int(study['series_count'])} / {int(study['instance_count'])}"),
         ("First received", escape(study["first_received"])),

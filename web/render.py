@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from domain.study import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus
+from domain.study import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus, in_conflict
 from domain.uids import is_valid_uid
 from domain.upload import UploadOutcome, UploadStatus
 
@@ -23,6 +23,7 @@ class DisplayStatus(StrEnum):
     READY = "ready"  # emitted on imaging.study.ready, not (yet) on the FHIR server
     PUBLISHED = "published"  # this revision is on the FHIR server
     FAILED = "failed"  # the aggregator or the uploader gave up on this revision
+    CONFLICT = "conflict"  # instances of more than one patient: held until consistent or resolved
 
 
 STATUSES = tuple(s.value for s in DisplayStatus)
@@ -37,9 +38,11 @@ class ViewOptions:
 def display_status(header: StudyHeader, outcome: UploadOutcome | None) -> DisplayStatus:
     """One status per study from the aggregator's and the uploader's view of the current revision."""
     if header.status is StudyStatus.RECEIVING:
-        return DisplayStatus.RECEIVING
+        return DisplayStatus.CONFLICT if in_conflict(header) else DisplayStatus.RECEIVING
     if header.status is StudyStatus.FAILED:
         return DisplayStatus.FAILED
+    if header.status is StudyStatus.CONFLICT:
+        return DisplayStatus.CONFLICT
     if outcome is not None and outcome.published_revision >= header.revision and outcome.published_revision:
         return DisplayStatus.PUBLISHED
     if outcome is not None and outcome.revision >= header.revision and outcome.status is UploadStatus.FAILED:
@@ -68,6 +71,19 @@ def patient_fields(header: StudyHeader, show: bool) -> dict[str, str] | None:
         return None
     p = header.patient
     return {"name": p.name, "id": p.id, "issuer": p.issuer, "birth_date": p.birth_date, "sex": p.sex}
+
+
+def patients_fields(header: StudyHeader, show: bool) -> list[dict[str, Any]]:
+    """Every patient identity among the study's instances, by its key (a hash); the demographics only with
+    patient data. More than one: a conflict, which `studystream resolve <study> --patient <key>` decides."""
+    rows = []
+    for seen in header.patients:
+        row: dict[str, Any] = {"key": seen.key, "instances": seen.instances, "current": seen.key == header.patient_key}
+        if show:
+            p = seen.patient
+            row.update(name=p.name, id=p.id, issuer=p.issuer, birth_date=p.birth_date, sex=p.sex)
+        rows.append(row)
+    return rows
 
 
 def outcome_fields(outcome: UploadOutcome | None, show_patient_data: bool = False) -> dict[str, Any] | None:
@@ -119,6 +135,8 @@ def study_row(
         "failure": header.failure,
         "partition": header.partition,
         "patient": patient_fields(header, options.show_patient_data),
+        "patients": patients_fields(header, options.show_patient_data),
+        "resolved_patient": header.resolved_key or None,
         "fhir": outcome_fields(outcome, options.show_patient_data),
     }
 

@@ -26,7 +26,8 @@ from domain.fhir_mapping import (
     studystream_tags,
     token_query,
 )
-from domain.fhir_values import EN_REPRESENTATION, fhir_datetime, human_names, issuer_system
+from domain.fhir_values import EN_REPRESENTATION, human_names
+from domain.patient import issuer_system
 from domain.study import PatientInfo
 from tests.uploader.factories import make_ready
 
@@ -39,7 +40,7 @@ ENDPOINT_URL = full_url("Endpoint", "https://pacs.example.org/dicom-web")
 EXPECTED_PATIENT = {
     "resourceType": "Patient",
     "identifier": [{"use": "usual", "system": "urn:studystream:issuer:HOSP", "value": "PID-1"}],
-    "name": [{"use": "official", "text": "Doe Jane", "family": "Doe", "given": ["Jane"]}],
+    "name": [{"use": "official", "text": "Jane Doe", "family": "Doe", "given": ["Jane"]}],
     "birthDate": "1970-01-02",
     "gender": "female",
 }
@@ -53,7 +54,7 @@ EXPECTED_STUDY = {
                 "code": "1.3",
                 "display": "StudyStream revision 3 (state generation 1)",
             },
-            {"system": "urn:studystream:mapping-version", "code": "1", "display": "StudyStream FHIR mapping version 1"},
+            {"system": "urn:studystream:mapping-version", "code": "2", "display": "StudyStream FHIR mapping version 2"},
         ]
     },
     "identifier": [
@@ -69,7 +70,17 @@ EXPECTED_STUDY = {
     "modality": [{"system": DCM, "code": "CT"}],
     "subject": {"reference": PATIENT_URL, "type": "Patient"},
     "started": "2024-05-01T10:15:00+02:00",
-    "referrer": {"display": "Referrer Ray", "type": "Practitioner"},
+    "basedOn": [
+        {
+            "type": "ServiceRequest",
+            "identifier": {
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                "system": "urn:oid:1.2.3.4",
+                "value": "ACC1",
+            },
+        }
+    ],
+    "referrer": {"display": "Ray Referrer", "type": "Practitioner"},
     "endpoint": [{"reference": ENDPOINT_URL, "type": "Endpoint"}],
     "numberOfSeries": 1,
     "numberOfInstances": 2,
@@ -81,7 +92,6 @@ EXPECTED_STUDY = {
             "text": "CT chest w/o contrast",
         }
     ],
-    "location": {"display": "Test Hospital", "type": "Location"},
     "description": "CT CHEST",
     "series": [
         {
@@ -104,9 +114,9 @@ EXPECTED_STUDY = {
                             }
                         ]
                     },
-                    "actor": {"display": "House Greg", "type": "Practitioner"},
+                    "actor": {"display": "Greg House", "type": "Practitioner"},
                 },
-                {"actor": {"display": "Op Olga", "type": "Practitioner"}},
+                {"actor": {"display": "Olga Op", "type": "Practitioner"}},
                 {"actor": {"display": "ACME Scanner 1", "type": "Device"}},
             ],
             "instance": [
@@ -168,12 +178,14 @@ def test_known_stored_study_is_updated_by_id_with_if_match() -> None:
     assert entry["resource"]["id"] == "42"
 
 
-def test_modality_union_keeps_series_order_and_unknown_modality_becomes_ot() -> None:
-    ready = make_ready(series=(("MR", "HEAD", 1), ("CT", "", 1), ("MR", "", 1), ("", "", 1)))
+def test_modality_lists_acquisition_modalities_only_and_series_keep_every_value() -> None:
+    ready = make_ready(
+        series=(("MR", "HEAD", 1), ("CT", "", 1), ("SR", "", 1), ("MR", "", 1), ("", "", 1), ("KO", "", 1))
+    )
     study = build_imaging_study(ready, OPTIONS, "urn:uuid:p").as_json()
-    assert [m["code"] for m in study["modality"]] == ["MR", "CT"]
-    assert [s["modality"]["code"] for s in study["series"]] == ["MR", "CT", "MR", "OT"]
-    assert study["numberOfSeries"] == 4 and study["numberOfInstances"] == 4
+    assert [m["code"] for m in study["modality"]] == ["MR", "CT"]  # CID 29: not SR, KO, nor the OT fallback
+    assert [s["modality"]["code"] for s in study["series"]] == ["MR", "CT", "SR", "MR", "OT", "KO"]
+    assert study["numberOfSeries"] == 6 and study["numberOfInstances"] == 6
     assert "bodySite" not in study["series"][1]  # no body part: no guess
 
 
@@ -183,7 +195,7 @@ def test_japanese_name_with_ideographic_and_phonetic_groups() -> None:
     assert names == [
         {
             "use": "official",
-            "text": "Yamada Tarou",
+            "text": "Tarou Yamada",
             "family": "Yamada",
             "given": ["Tarou"],
             "extension": [{"url": EN_REPRESENTATION, "valueCode": "ABC"}],
@@ -215,8 +227,16 @@ def test_korean_name_with_ideographic_and_phonetic_groups() -> None:
 
 
 def test_name_groups_left_empty_are_skipped_but_keep_their_representation() -> None:
-    names = human_names("=山田^太郎")  # ideographic only, alphabetic empty
-    assert names == [{"use": "official", "text": "山田 太郎", "family": "山田", "given": ["太郎"]}]
+    names = human_names("=山田^太郎")  # ideographic only, alphabetic empty: still marked ideographic
+    assert names == [
+        {
+            "use": "official",
+            "text": "山田 太郎",
+            "family": "山田",
+            "given": ["太郎"],
+            "extension": [{"url": EN_REPRESENTATION, "valueCode": "IDE"}],
+        }
+    ]
     names = human_names("Yamada^Tarou==やまだ^たろう")
     assert [n["extension"][0]["valueCode"] for n in names] == ["ABC", "SYL"]
 
@@ -225,7 +245,7 @@ def test_name_components_middle_prefix_suffix() -> None:
     (name,) = human_names("Smith^John^Paul^Dr.^Jr.")
     assert name == {
         "use": "official",
-        "text": "Dr. Smith John Paul Jr.",
+        "text": "Dr. John Paul Smith Jr.",
         "family": "Smith",
         "given": ["John", "Paul"],
         "prefix": ["Dr."],
@@ -280,24 +300,6 @@ def test_identifier_values_are_escaped_then_url_encoded_in_conditions(patient_id
 def test_token_escaping_covers_every_special_character_of_fhir_search() -> None:
     assert escape_token("a\\b,c|d$e") == "a\\\\b\\,c\\|d\\$e"
     assert token_query("urn:x|y", "v") == "identifier=urn:x%5C%7Cy|v"  # systems are escaped too
-
-
-@pytest.mark.parametrize(
-    ("da", "tm", "tz", "default", "expected"),
-    [
-        ("20240501", "101500", "+0200", "UTC", "2024-05-01T10:15:00+02:00"),
-        ("20240501", "101500.123", "-0500", "UTC", "2024-05-01T10:15:00.123-05:00"),
-        ("20240501", "1015", "", "UTC", "2024-05-01T10:15:00Z"),
-        ("20240115", "08", "", "Europe/Berlin", "2024-01-15T08:00:00+01:00"),  # winter time
-        ("20240715", "08", "", "Europe/Berlin", "2024-07-15T08:00:00+02:00"),  # summer time
-        ("20240501", "", "+0200", "UTC", "2024-05-01"),
-        ("20240501", "99", "", "UTC", "2024-05-01"),
-        ("20240230", "101500", "", "UTC", None),
-        ("", "101500", "", "UTC", None),
-    ],
-)
-def test_dicom_date_time_to_fhir_datetime(da: str, tm: str, tz: str, default: str, expected: str | None) -> None:
-    assert fhir_datetime(da, tm, tz, default) == expected
 
 
 def test_stored_revision_is_the_highest_tag_of_the_system() -> None:

@@ -27,11 +27,10 @@ from domain.study import (
     encode_instance,
     encode_series,
     event_time_of,
-    fill_blanks,
-    fill_blanks_from_event,
     is_ready,
     mark_published,
     mark_sealed,
+    merge_latest,
     needs_check,
     patient_from_event,
     request_commitment,
@@ -195,15 +194,17 @@ def test_instance_after_sealing_opens_the_next_revision_even_before_the_ready_re
     assert (update.header.revision, update.header.status, update.header.sealed_at) == (2, StudyStatus.RECEIVING, "")
 
 
-def test_first_non_empty_attribute_wins() -> None:
-    study = SyntheticStudy(series=1, per_series=2)
-    first, second = study.events()
+def test_the_latest_instance_s_attributes_win_and_empty_ones_never_erase() -> None:
+    study = SyntheticStudy(series=1, per_series=4)
+    first, second, third, late = study.events()
     state = MemoryStudy()
-    state.apply(replace(first, study_description="", laterality=""))
-    state.apply(replace(second, study_description="LATER", laterality="L", model="Other"))
-    assert state.header is not None and state.header.study.description == "LATER"
+    state.apply(replace(first, study_description="", laterality=""), event_time=100.0)
+    state.apply(replace(second, study_description="CORRECTED", laterality="L", model="Other"), event_time=200.0)
+    state.apply(replace(third, study_description="", model=""), event_time=300.0)  # says nothing: keeps
+    state.apply(replace(late, study_description="OLD", model="Older"), event_time=150.0)  # read late: fills only
+    assert state.header is not None and state.header.study.description == "CORRECTED"
     series = state.series[first.series_uid]
-    assert (series.laterality, series.model) == ("L", "Scanner 1")
+    assert (series.laterality, series.model) == ("L", "Other")
 
 
 @pytest.mark.parametrize(
@@ -319,17 +320,21 @@ def test_state_values_round_trip_and_rows_written_before_offsets_decode() -> Non
         (series_from_event, {"number": None, "model": "", "body_part": ""}),
     ],
 )
-def test_fill_blanks_from_event_is_fill_blanks_with_the_events_info(
+def test_the_latest_instance_wins_and_an_older_one_only_fills_blanks(
     info_from_event: Callable[[InstanceEvent], Any], blank: dict[str, object]
 ) -> None:
-    """The hot-path variant reads the event directly; it must fill exactly what fill_blanks would."""
     event = make_event("1.2.3.4", "1.2.3.4.1", 1, series_number=1)
     complete = info_from_event(event)
     known = replace(complete, **blank)
-    assert fill_blanks_from_event(known, event) == fill_blanks(known, complete) == complete
-    assert fill_blanks_from_event(complete, event) is complete  # nothing to fill: no copy
+    assert merge_latest(known, complete, newer=False) == complete  # an older instance fills what is empty
+    assert merge_latest(complete, complete, newer=True) is complete  # nothing changes: no copy
     other = make_event("1.2.3.4", "1.2.3.4.1", 2, series_number=7, sex="M", model="Other", study_description="X")
-    assert fill_blanks_from_event(complete, other) is complete  # the first non-empty value wins
+    corrected = info_from_event(other)
+    assert merge_latest(complete, corrected, newer=False) is complete  # older: never overwrites
+    merged = merge_latest(complete, corrected, newer=True)
+    assert merged == corrected  # newer: every non-empty value wins
+    emptied = replace(corrected, **blank)
+    assert merge_latest(complete, emptied, newer=True) == replace(corrected, **{k: getattr(complete, k) for k in blank})
 
 
 # --- A batch whose writes reached the changelog only in part, replayed --------------------------

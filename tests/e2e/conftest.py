@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from app.settings import Settings
 from domain.events import InstanceEvent, decode_raw_record
 from domain.fhir_mapping import bundle_file_name
-from domain.fhir_values import issuer_system
+from domain.patient import issuer_system
 from tests.aggregator.conftest import TopicCollector, Worker
 from tests.conftest import ROOT, create_test_topics, pipeline_settings, worker_env
 from tests.scp.conftest import DCMTK_ENV, STORESCU, Receiver

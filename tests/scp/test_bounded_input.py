@@ -67,11 +67,11 @@ def test_an_event_the_broker_refuses_for_good_is_quarantined_the_others_flow_and
     receiver_factory, kafka: Settings, tmp_path: Path
 ) -> None:
     receiver = receiver_factory(STUDYSTREAM_RECEIVER_PUBLISH_BATCH="1")  # one record per request to the broker
-    asyncio.run(_topic(kafka, receiver.topic, 2000, create=True))  # events of ~1.5 KB pass, ~3 KB do not
+    asyncio.run(_topic(kafka, receiver.topic, 3000, create=True))  # events of ~2 KB pass, ~4.5 KB do not
     receiver.start()
     wide = make_dataset()
     wide.StudyDescription, wide.SeriesDescription, wide.InstitutionName = "D" * 64, "S" * 64, "I" * 64
-    wide.PerformingPhysicianName = ["P" * 60] * 20
+    wide.PerformingPhysicianName, wide.OperatorsName = ["P" * 60] * 20, ["O" * 60] * 20
     assert storescu(receiver.port, write_dataset(wide, tmp_path / "wide")).returncode == 0
     normal = [make_dataset(unique_uid()) for _ in range(3)]
     assert storescu(receiver.port, *(write_dataset(ds, tmp_path / "normal") for ds in normal)).returncode == 0

@@ -97,7 +97,7 @@ def test_listings_merge_to_one_row_per_study_and_filter_by_status() -> None:
     assert [r["study_uid"] for r in render.filter_and_sort(merged, None, 10)] == ["1.9", "1.2.3.4"]
     assert [r["study_uid"] for r in render.filter_and_sort(merged, "failed", 10)] == ["1.9"]
     assert render.filter_and_sort(merged, None, 1) == [other]
-    assert render.status_counts(merged) == {"receiving": 1, "ready": 0, "published": 0, "failed": 1}
+    assert render.status_counts(merged) == {"receiving": 1, "ready": 0, "published": 0, "failed": 1, "conflict": 0}
     assert render.parse_status("published") == "published" and render.parse_status("bogus") is None
 
 
