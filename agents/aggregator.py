@@ -37,18 +37,19 @@ from agents import consumer as consumer_view
 from agents.options import identity_options
 from agents.policy import MessagePolicy, WorkerStopping
 from app.settings import Settings
-from domain import study as domain
+from domain import study as rules
 from domain.batch import BatchState, apply_commitment, apply_event, apply_resolution
 from domain.dead_letters import DeadLetter
 from domain.errors import InfrastructureError, InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent, PatientResolution, decode_raw_record
 from domain.ready import StudyReady, build_study_ready, encode_study_ready
+from domain.study_state import event_time_of, study_key
 from domain.uids import is_valid_uid
 from infra.topics import create_topics_async
 from tables.store import FAULT_EXIT_STATUS, TableStore, Write
 from tables.studies import StudyTables
 
-log = logging.getLogger("studystream.aggregator")
+log = logging.getLogger(f"studystream.{__name__}")
 
 CHECK_COMMAND = b"check"
 STAGE = "aggregator"
@@ -73,7 +74,7 @@ class ReadyDecision:
     """A check that found its study sealed: the ready record to send and the header to write once it is acknowledged."""
 
     event: Any
-    header: domain.StudyHeader
+    header: rules.StudyHeader
     record: StudyReady | None = None
     payload: bytes = b""
     build_ms: float = 0.0
@@ -174,7 +175,7 @@ class StudyAggregator:
             )
         self.next_offset[partition] = message.offset + 1
         record = decode_raw_record(message.value)
-        domain.check_key(record, message.key)
+        rules.check_key(record, message.key)
         if self.settings.aggregator_fault_point == FAULT_INFRASTRUCTURE and record.study_uid == (
             self.settings.aggregator_fault_study
         ):
@@ -190,10 +191,10 @@ class StudyAggregator:
         partition = message.partition
         now = time.time()
         timestamp = message.timestamp if message.timestamp else None
-        event_time = domain.event_time_of(event, timestamp, fallback=now)
+        event_time = event_time_of(event, timestamp, fallback=now)
         if event_time > self.event_watermark.get(partition, 0.0):
             self.event_watermark[partition] = event_time
-        at = domain.Reception(now, event_time, partition, message.offset)
+        at = rules.Reception(now, event_time, partition, message.offset)
         update = apply_event(batch, event, at, self.settings.aggregator_max_instances)
         if update is None:
             self.counters["duplicates"] += 1
@@ -277,14 +278,14 @@ class StudyAggregator:
             await self.policy.handle(decision.event.message, STAGE, lambda d=decision: self.build(d))
         ready = [d for d in decisions if d.record is not None and not d.conflict]
         for decision in decisions:
-            if decision.record is None and decision.header.status is domain.StudyStatus.FAILED:
+            if decision.record is None and decision.header.status is rules.StudyStatus.FAILED:
                 closing += self.tables.header_writes(decision.header)
             elif decision.conflict and decision.record is not None:
                 await self.hold_conflict(decision)
                 closing += self.tables.header_writes(decision.header)
         sent = [
             await self.ready_topic.send(
-                key=domain.study_key(d.header.study.uid), value=d.payload, partition=d.header.partition
+                key=study_key(d.header.study.uid), value=d.payload, partition=d.header.partition
             )
             for d in ready
         ]
@@ -295,7 +296,7 @@ class StudyAggregator:
             logging.shutdown()
             os._exit(FAULT_EXIT_STATUS)
         for decision in ready:
-            closing += self.tables.header_writes(domain.mark_published(decision.header))
+            closing += self.tables.header_writes(rules.mark_published(decision.header))
         await self.store.write(closing)
         for decision in ready:
             self.log_ready(decision)
@@ -309,18 +310,18 @@ class StudyAggregator:
         if header is None:
             return
         status = header.status
-        if status in (domain.StudyStatus.PUBLISHED, domain.StudyStatus.FAILED, domain.StudyStatus.CONFLICT):
+        if status in (rules.StudyStatus.PUBLISHED, rules.StudyStatus.FAILED, rules.StudyStatus.CONFLICT):
             closing += self.tables.unpending_writes(study_uid, header.partition)  # a check that crossed the decision
             return
-        if status is domain.StudyStatus.RECEIVING:
+        if status is rules.StudyStatus.RECEIVING:
             now = time.time()
-            if not domain.is_ready(header, now, self.event_clock(message.partition), self.settings.quiet_period):
+            if not rules.is_ready(header, now, self.event_clock(message.partition), self.settings.quiet_period):
                 return
-            if domain.in_conflict(header):
+            if rules.in_conflict(header):
                 # Written once the dead letter is acknowledged: a crash in between sends it again.
-                decisions.append(ReadyDecision(event, domain.mark_conflict(header, domain.iso_utc(now)), conflict=True))
+                decisions.append(ReadyDecision(event, rules.mark_conflict(header, rules.iso_utc(now)), conflict=True))
                 return
-            header = domain.mark_sealed(header, domain.iso_utc(now))
+            header = rules.mark_sealed(header, rules.iso_utc(now))
             sealing += self.tables.header_writes(header)
         decisions.append(ReadyDecision(event, header))
 
@@ -338,7 +339,7 @@ class StudyAggregator:
         decision.build_ms = (time.perf_counter() - started) * 1000
         if len(payload) > self.settings.max_message_bytes - MESSAGE_OVERHEAD_BYTES:
             reason = f"ready record of {len(payload)} bytes exceeds max_message_bytes"
-            decision.header = domain.mark_failed(header, reason)
+            decision.header = rules.mark_failed(header, reason)
             self.counters["failed"] += 1
             log.error("study %s revision %d failed: %s", header.study.uid, header.revision, reason)
             return
@@ -350,12 +351,12 @@ class StudyAggregator:
         keys = ", ".join(f"{p.key} ({p.instances})" for p in header.patients)
         letter = DeadLetter(
             STAGE,
-            domain.PATIENT_CONFLICT,
+            rules.PATIENT_CONFLICT,
             f"revision {header.revision} holds instances of {len(header.patients)} patients: {keys}; "
             "decide with `studystream resolve`",
         )
         await self.policy.writer.send_derived(
-            decision.event.message, domain.study_key(header.study.uid), decision.payload, letter, time.time()
+            decision.event.message, study_key(header.study.uid), decision.payload, letter, time.time()
         )
         self.counters["patient_conflicts"] += 1
 
@@ -387,13 +388,13 @@ class StudyAggregator:
         self.checks_sent = {uid: self.checks_sent[uid] for uid, _ in pending if uid in self.checks_sent}
         for study_uid, partition in pending:
             header = self.tables.pending_header(study_uid, partition)
-            if header is None or not domain.needs_check(header, now, self.settings.quiet_period):
+            if header is None or not rules.needs_check(header, now, self.settings.quiet_period):
                 continue
-            if header.status is domain.StudyStatus.RECEIVING:
+            if header.status is rules.StudyStatus.RECEIVING:
                 if header.partition not in clocks:
                     clocks[header.partition] = self.event_clock(header.partition)
                 # The same test as the agent's, so catch-up (event clock behind) sends nothing.
-                if not domain.is_ready(header, now, clocks[header.partition], self.settings.quiet_period):
+                if not rules.is_ready(header, now, clocks[header.partition], self.settings.quiet_period):
                     continue
             # One check per study state is enough unless it got lost (rebalance): then retry after a quiet period.
             previous = self.checks_sent.get(study_uid)
@@ -404,9 +405,7 @@ class StudyAggregator:
             ):
                 continue
             self.checks_sent[study_uid] = (header.last_wall_time, now)
-            await self.check_topic.send(
-                key=domain.study_key(study_uid), value=CHECK_COMMAND, partition=header.partition
-            )
+            await self.check_topic.send(key=study_key(study_uid), value=CHECK_COMMAND, partition=header.partition)
             sent += 1
         return sent
 

@@ -34,7 +34,7 @@ from domain import dead_letters
 from domain.errors import InfrastructureError, InvalidRecordError, RejectedError
 from domain.study import iso_utc
 
-log = logging.getLogger("studystream.policy")
+log = logging.getLogger(f"studystream.{__name__}")
 
 # Failures no record can cause. Everything else a handler raises is charged to the record.
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (InfrastructureError, OSError, KafkaError, MemoryError)

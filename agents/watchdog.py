@@ -22,7 +22,7 @@ from faust.types import TP
 from agents import consumer as consumer_view
 from domain.progress import StallDetector
 
-log = logging.getLogger("studystream.watchdog")
+log = logging.getLogger(f"studystream.{__name__}")
 
 
 class InputWatchdog:

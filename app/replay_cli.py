@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 
 from app.settings import Settings, get_settings
-from domain import replay as domain
+from domain import replay as rules
 
 REFUSED_EXIT = 3
 
@@ -15,7 +16,7 @@ REFUSED_EXIT = 3
 def _topic_choice(settings: Settings, topic: str | None) -> str:
     chosen = topic or settings.topic_ready
     if chosen not in (settings.topic_raw, settings.topic_ready):
-        raise domain.ReplayError(
+        raise rules.ReplayError(
             f"--topic must be {settings.topic_raw} (re-aggregate) or {settings.topic_ready} (re-upload), not {chosen}"
         )
     return chosen
@@ -72,18 +73,14 @@ def replay(
 
     settings = get_settings()
     chosen = _topic_choice(settings, topic)
-    target = domain.make_target(to_earliest, to_datetime, to_offset)
+    target = rules.make_target(to_earliest, to_datetime, to_offset)
     if reset_state and chosen != settings.topic_raw:
-        raise domain.ReplayError(
+        raise rules.ReplayError(
             f"--reset-state rebuilds the aggregator's state: use it with --topic {settings.topic_raw}"
         )
     prepared = asyncio.run(infra.prepare(settings, chosen, target, reset_state))
-    click.echo(domain.render_plan(prepared.plan))
-    if prepared.generation_plan is not None:
-        click.echo(domain.render_generation(prepared.generation_plan, chosen))
     fence_uploads = chosen == settings.topic_ready
-    if fence_uploads and prepared.plan.reread:
-        click.echo("The uploader will check every re-read study revision against the FHIR server.")
+    _show_plan(prepared, chosen, fence_uploads)
     refused = infra.refusal(prepared)
     if dry_run:
         if refused:
@@ -98,7 +95,18 @@ def replay(
         return
     if not yes:
         click.confirm("Apply these offsets?", abort=True)
-    done = asyncio.run(infra.execute(settings, prepared, fence_uploads=fence_uploads))
+    _show_done(asyncio.run(infra.execute(settings, prepared, fence_uploads=fence_uploads)))
+
+
+def _show_plan(prepared: Any, topic: str, fence_uploads: bool) -> None:
+    click.echo(rules.render_plan(prepared.plan))
+    if prepared.generation_plan is not None:
+        click.echo(rules.render_generation(prepared.generation_plan, topic))
+    if fence_uploads and prepared.plan.reread:
+        click.echo("The uploader will check every re-read study revision against the FHIR server.")
+
+
+def _show_done(done: Any) -> None:
     if done.fenced:
         fence = ",".join(f"{p}:{o}" for p, o in sorted(done.fenced.items()))
         click.echo(f"Ready records below offsets {fence} are re-checked against FHIR by the uploader.")

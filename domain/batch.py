@@ -11,56 +11,56 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from domain import study as domain
+from domain import study as rules
 from domain.errors import InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent, PatientResolution
 from domain.patient import IdentityOptions
 
 
 class StateReader(Protocol):
-    def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None: ...
+    def header(self, study_uid: str, partition: int) -> rules.StudyHeader | None: ...
 
-    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> domain.InstanceInfo | None: ...
+    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> rules.InstanceInfo | None: ...
 
-    def series_info(self, study_uid: str, series_uid: str, partition: int) -> domain.SeriesInfo | None: ...
+    def series_info(self, study_uid: str, series_uid: str, partition: int) -> rules.SeriesInfo | None: ...
 
 
 @dataclass(slots=True)
 class PendingStudy:
     """What a batch changed in one study, written once when the batch ends."""
 
-    header: domain.StudyHeader
-    instances: dict[str, domain.InstanceInfo] = field(default_factory=dict)  # to write
-    series: dict[str, domain.SeriesInfo] = field(default_factory=dict)  # to write
-    known_series: dict[str, domain.SeriesInfo] = field(default_factory=dict)  # as stored after the batch
+    header: rules.StudyHeader
+    instances: dict[str, rules.InstanceInfo] = field(default_factory=dict)  # to write
+    series: dict[str, rules.SeriesInfo] = field(default_factory=dict)  # to write
+    known_series: dict[str, rules.SeriesInfo] = field(default_factory=dict)  # as stored after the batch
     opened_revision: bool = False
 
 
 class BatchState:
     """The studies a batch touched; reads fall through to ``reader`` for what the batch did not change."""
 
-    def __init__(self, reader: StateReader, identity: IdentityOptions = domain.DEFAULT_IDENTITY) -> None:
+    def __init__(self, reader: StateReader, identity: IdentityOptions = rules.DEFAULT_IDENTITY) -> None:
         self.reader = reader
         self.identity = identity
         self.studies: dict[str, PendingStudy] = {}
 
-    def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
+    def header(self, study_uid: str, partition: int) -> rules.StudyHeader | None:
         pending = self.studies.get(study_uid)
         return pending.header if pending is not None else self.reader.header(study_uid, partition)
 
-    def instance(self, study_uid: str, sop_uid: str, partition: int) -> domain.InstanceInfo | None:
+    def instance(self, study_uid: str, sop_uid: str, partition: int) -> rules.InstanceInfo | None:
         pending = self.studies.get(study_uid)
         if pending is not None and sop_uid in pending.instances:
             return pending.instances[sop_uid]
         return self.reader.instance_info(study_uid, sop_uid, partition)
 
-    def series(self, study_uid: str, series_uid: str, partition: int) -> domain.SeriesInfo | None:
+    def series(self, study_uid: str, series_uid: str, partition: int) -> rules.SeriesInfo | None:
         pending = self.studies.get(study_uid)
         if pending is not None and series_uid in pending.known_series:
             return pending.known_series[series_uid]
         return self.reader.series_info(study_uid, series_uid, partition)
 
-    def apply(self, update: domain.StudyUpdate) -> None:
+    def apply(self, update: rules.StudyUpdate) -> None:
         uid = update.header.study.uid
         pending = self.studies.get(uid)
         if pending is None:
@@ -77,7 +77,7 @@ class BatchState:
         """The study needs a completeness check (its pending mark is written with the batch)."""
         self.studies[study_uid].opened_revision = True
 
-    def set_header(self, header: domain.StudyHeader) -> None:
+    def set_header(self, header: rules.StudyHeader) -> None:
         pending = self.studies.get(header.study.uid)
         if pending is None:
             self.studies[header.study.uid] = PendingStudy(header)
@@ -86,8 +86,8 @@ class BatchState:
 
 
 def apply_event(
-    batch: BatchState, event: InstanceEvent, at: domain.Reception, max_instances: int
-) -> domain.StudyUpdate | None:
+    batch: BatchState, event: InstanceEvent, at: rules.Reception, max_instances: int
+) -> rules.StudyUpdate | None:
     """Apply one instance event to the batch; ``None`` when it changes nothing (a repeat).
 
     A study past ``max_instances`` is refused (its ready record must fit one Kafka message).
@@ -101,11 +101,11 @@ def apply_event(
         and at.offset > header.applied_offset
         and known_instance.source_offset <= header.applied_offset
         and known_instance.first_offset <= header.applied_offset
-        and known_instance.same_content(domain.instance_from_event(event))
+        and known_instance.same_content(rules.instance_from_event(event))
     ):
         return None  # the common repeat: no series read
     known_series = batch.series(study_uid, event.series_uid, partition)
-    update = domain.apply_instance(header, known_series, known_instance, event, at, batch.identity)
+    update = rules.apply_instance(header, known_series, known_instance, event, at, batch.identity)
     if not update.changed:
         return None
     if update.header.instance_count > max_instances:
@@ -131,7 +131,7 @@ def apply_commitment(batch: BatchState, request: CommitmentRequest, partition: i
     if header is None:
         return CommitmentOutcome(known_study=False)
     missing = [sop for sop in request.sop_instance_uids if batch.instance(request.study_uid, sop, partition) is None]
-    committed = domain.request_commitment(
+    committed = rules.request_commitment(
         header, missing, offset, transaction=request.transaction_uid, part=request.part, parts=request.parts
     )
     if committed == header:
@@ -148,10 +148,10 @@ def apply_resolution(batch: BatchState, resolution: PatientResolution, partition
     header = batch.header(resolution.study_uid, partition)
     if header is None:
         raise InvalidRecordError("resolution for a study not seen", reason="unknown_study")
-    header = domain.with_identities(header, batch.identity)
-    if not domain.in_conflict(header) and header.status is not domain.StudyStatus.CONFLICT:
+    header = rules.with_identities(header, batch.identity)
+    if not rules.in_conflict(header) and header.status is not rules.StudyStatus.CONFLICT:
         return False
-    resolved = domain.resolve_patient(header, resolution.patient_key, offset)
+    resolved = rules.resolve_patient(header, resolution.patient_key, offset)
     if resolved is None:
         raise InvalidRecordError("resolution names a patient the study does not hold", reason="unknown_patient_key")
     if resolved == header:

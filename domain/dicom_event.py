@@ -404,14 +404,8 @@ def instance_event(
     ``limits``, so the event's size is bounded whatever the dataset holds; ``clipped`` names what was cut.
     """
     read = _Reader(limits or EventLimits())
-    text, names = read.text, read.names
-    title = instance_title(ds, read)
-    accession_issuer = _issuer(read, ds, "IssuerOfAccessionNumberSequence")
-    patient_issuer = _issuer(read, ds, "IssuerOfPatientIDQualifiersSequence")
-    placer = _requested(ds, "PlacerOrderNumberImagingServiceRequest")
-    placer_issuer = _issuer(read, placer, "OrderPlacerIdentifierSequence") if placer is not None else Issuer()
-    reason_codes = _requested(ds, "ReasonForRequestedProcedureCodeSequence")
-    reason_text = _requested(ds, "ReasonForTheRequestedProcedure")
+    fields = {**_study_fields(read, ds), **_request_fields(read, ds), **_patient_fields(read, ds)}
+    fields.update(_series_fields(read, ds))
     return InstanceEvent(
         study_uid=identity.study_uid,
         series_uid=identity.series_uid,
@@ -419,47 +413,7 @@ def instance_event(
         sop_class_uid=identity.sop_class_uid,
         transfer_syntax_uid=reception.transfer_syntax_uid,
         instance_number=_int(ds, "InstanceNumber"),
-        series_number=_int(ds, "SeriesNumber"),
-        modality=text(ds, "Modality"),
-        study_date=text(ds, "StudyDate"),
-        study_time=text(ds, "StudyTime"),
-        timezone_offset=text(ds, "TimezoneOffsetFromUTC"),
-        study_id=text(ds, "StudyID"),
-        study_description=text(ds, "StudyDescription"),
-        accession_number=text(ds, "AccessionNumber"),
-        accession_issuer=accession_issuer.local,
-        accession_issuer_universal=accession_issuer.universal,
-        accession_issuer_universal_type=accession_issuer.universal_type,
-        referring_physician=names(ds, "ReferringPhysicianName"),
-        reading_physicians=names(ds, "NameOfPhysiciansReadingStudy"),
-        procedure_codes=read.codes(ds, "ProcedureCodeSequence"),
-        reason_codes=read.codes(reason_codes, "ReasonForRequestedProcedureCodeSequence") if reason_codes else (),
-        reason_text=text(reason_text, "ReasonForTheRequestedProcedure"),
-        placer_order_number=text(placer, "PlacerOrderNumberImagingServiceRequest"),
-        placer_order_issuer=placer_issuer.local,
-        placer_order_issuer_universal=placer_issuer.universal,
-        placer_order_issuer_universal_type=placer_issuer.universal_type,
-        institution=text(ds, "InstitutionName"),
-        department=text(ds, "InstitutionalDepartmentName"),
-        patient_id=text(ds, "PatientID"),
-        issuer_of_patient_id=text(ds, "IssuerOfPatientID"),
-        patient_issuer_universal=patient_issuer.universal,
-        patient_issuer_universal_type=patient_issuer.universal_type,
-        patient_name=names(ds, "PatientName"),
-        birth_date=text(ds, "PatientBirthDate"),
-        sex=text(ds, "PatientSex"),
-        series_description=text(ds, "SeriesDescription"),
-        series_date=text(ds, "SeriesDate"),
-        series_time=text(ds, "SeriesTime"),
-        body_part_examined=text(ds, "BodyPartExamined"),
-        anatomic_regions=read.codes(ds, "AnatomicRegionSequence"),
-        laterality=text(ds, "Laterality").upper(),
-        image_laterality=text(ds, "ImageLaterality").upper(),
-        performing_physician=names(ds, "PerformingPhysicianName"),
-        operators_name=names(ds, "OperatorsName"),
-        manufacturer=text(ds, "Manufacturer"),
-        model=text(ds, "ManufacturerModelName"),
-        instance_title=title,
+        instance_title=instance_title(ds, read),
         calling_ae=reception.calling_ae,
         called_ae=reception.called_ae,
         peer_address=reception.peer_address,
@@ -469,6 +423,76 @@ def instance_event(
         sha256=reception.sha256,
         duplicate=reception.duplicate,
         replaced=reception.replaced,
-        clipped=tuple(read.clipped),
+        **fields,
+        clipped=tuple(read.clipped),  # after every field was read
         repaired=tuple(read.repaired),
     )
+
+
+def _study_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+    text, names = read.text, read.names
+    accession_issuer = _issuer(read, ds, "IssuerOfAccessionNumberSequence")
+    return {
+        "study_date": text(ds, "StudyDate"),
+        "study_time": text(ds, "StudyTime"),
+        "timezone_offset": text(ds, "TimezoneOffsetFromUTC"),
+        "study_id": text(ds, "StudyID"),
+        "study_description": text(ds, "StudyDescription"),
+        "accession_number": text(ds, "AccessionNumber"),
+        "accession_issuer": accession_issuer.local,
+        "accession_issuer_universal": accession_issuer.universal,
+        "accession_issuer_universal_type": accession_issuer.universal_type,
+        "referring_physician": names(ds, "ReferringPhysicianName"),
+        "reading_physicians": names(ds, "NameOfPhysiciansReadingStudy"),
+        "procedure_codes": read.codes(ds, "ProcedureCodeSequence"),
+        "institution": text(ds, "InstitutionName"),
+        "department": text(ds, "InstitutionalDepartmentName"),
+    }
+
+
+def _request_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+    """The order's attributes, at the top level or in RequestAttributesSequence (:func:`_requested`)."""
+    placer = _requested(ds, "PlacerOrderNumberImagingServiceRequest")
+    placer_issuer = _issuer(read, placer, "OrderPlacerIdentifierSequence") if placer is not None else Issuer()
+    reason_codes = _requested(ds, "ReasonForRequestedProcedureCodeSequence")
+    reason_text = _requested(ds, "ReasonForTheRequestedProcedure")
+    return {
+        "reason_codes": read.codes(reason_codes, "ReasonForRequestedProcedureCodeSequence") if reason_codes else (),
+        "reason_text": read.text(reason_text, "ReasonForTheRequestedProcedure"),
+        "placer_order_number": read.text(placer, "PlacerOrderNumberImagingServiceRequest"),
+        "placer_order_issuer": placer_issuer.local,
+        "placer_order_issuer_universal": placer_issuer.universal,
+        "placer_order_issuer_universal_type": placer_issuer.universal_type,
+    }
+
+
+def _patient_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+    patient_issuer = _issuer(read, ds, "IssuerOfPatientIDQualifiersSequence")
+    return {
+        "patient_id": read.text(ds, "PatientID"),
+        "issuer_of_patient_id": read.text(ds, "IssuerOfPatientID"),
+        "patient_issuer_universal": patient_issuer.universal,
+        "patient_issuer_universal_type": patient_issuer.universal_type,
+        "patient_name": read.names(ds, "PatientName"),
+        "birth_date": read.text(ds, "PatientBirthDate"),
+        "sex": read.text(ds, "PatientSex"),
+    }
+
+
+def _series_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+    text, names = read.text, read.names
+    return {
+        "series_number": _int(ds, "SeriesNumber"),
+        "modality": text(ds, "Modality"),
+        "series_description": text(ds, "SeriesDescription"),
+        "series_date": text(ds, "SeriesDate"),
+        "series_time": text(ds, "SeriesTime"),
+        "body_part_examined": text(ds, "BodyPartExamined"),
+        "anatomic_regions": read.codes(ds, "AnatomicRegionSequence"),
+        "laterality": text(ds, "Laterality").upper(),
+        "image_laterality": text(ds, "ImageLaterality").upper(),
+        "performing_physician": names(ds, "PerformingPhysicianName"),
+        "operators_name": names(ds, "OperatorsName"),
+        "manufacturer": text(ds, "Manufacturer"),
+        "model": text(ds, "ManufacturerModelName"),
+    }

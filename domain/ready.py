@@ -22,7 +22,7 @@ from msgspec import Meta
 
 from domain.errors import InvalidRecordError
 from domain.events import CODES_MAX_ITEMS, TEXT_MAX_CHARS, Codes, IntegerString, ShortText, Text, Uid
-from domain.study import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo
+from domain.study_state import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo
 
 READY_SCHEMA_VERSION = 3  # 3: request attributes, issuers' universal ids, regions, image lateralities
 MAX_INSTANCES = 1_000_000

@@ -22,176 +22,33 @@ the header already reflects only repair rows that went missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import msgspec
 
 from domain.errors import InvalidRecordError
-from domain.events import Codes, CommitmentRequest, InstanceEvent, ShortText, Text, Uid
-from domain.patient import IdentityOptions, identity_key, patient_identity
-from domain.uids import is_valid_uid
-
-STATE_SCHEMA_VERSION = 3  # 3: patient identities (conflicts), latest-wins attributes, image lateralities
-DEFAULT_IDENTITY = IdentityOptions()
-PATIENT_CONFLICT = "patient_conflict"  # the reason a conflicting revision is dead-lettered with
-
-
-class StudyStatus(StrEnum):
-    RECEIVING = "receiving"  # the current revision is open: waiting for a quiet period
-    SEALED = "sealed"  # the current revision is complete; its ready record is being published
-    PUBLISHED = "published"  # the current revision was acknowledged on imaging.study.ready
-    FAILED = "failed"  # the current revision cannot be emitted (e.g. too large); see `failure`
-    CONFLICT = "conflict"  # instances of more than one patient: held until consistent or resolved
-
-
-class PatientInfo(msgspec.Struct, frozen=True, gc=False):
-    """The study's patient (PHI: never logged). Also the ready record's ``patient``, so typed as it is decoded."""
-
-    id: Text = ""
-    issuer: Text = ""
-    name: Text = ""
-    birth_date: ShortText = ""
-    sex: ShortText = ""
-    issuer_universal: Text = ""
-    issuer_universal_type: ShortText = ""
-    calling_ae: ShortText = ""  # whose AE title maps to an identifier system when no issuer is sent
-
-
-class PatientSeen(msgspec.Struct, frozen=True, gc=False):
-    """One patient identity among a study's instances: its key, latest demographics and instance count."""
-
-    key: str
-    patient: PatientInfo
-    instances: int = 0
-    seen_at: float = 0.0  # event time of the latest instance whose demographics ``patient`` holds
-
-
-class StudyInfo(msgspec.Struct, frozen=True, gc=False):
-    """Study-level attributes. Also the ready record's ``study``."""
-
-    uid: Uid
-    date: ShortText = ""
-    time: ShortText = ""
-    timezone_offset: ShortText = ""
-    description: Text = ""
-    accession_number: Text = ""
-    accession_issuer: Text = ""
-    referring_physician: Text = ""
-    procedure_codes: Codes = ()
-    institution: Text = ""
-    study_id: Text = ""
-    accession_issuer_universal: Text = ""
-    accession_issuer_universal_type: ShortText = ""
-    reading_physicians: Text = ""
-    reason_codes: Codes = ()
-    reason_text: Text = ""
-    placer_order_number: Text = ""
-    placer_order_issuer: Text = ""
-    placer_order_issuer_universal: Text = ""
-    placer_order_issuer_universal_type: ShortText = ""
-    department: Text = ""
-
-
-class SeriesInfo(msgspec.Struct, frozen=True, gc=False):
-    uid: str
-    number: int | None = None
-    modality: str = ""
-    description: str = ""
-    date: str = ""
-    time: str = ""
-    body_part: str = ""
-    laterality: str = ""
-    performing_physician: str = ""
-    operators_name: str = ""
-    manufacturer: str = ""
-    model: str = ""
-    institution: str = ""
-    first_offset: int = -1  # imaging.raw offset of the record that created the row (-1: before offsets were kept)
-    anatomic_regions: Codes = ()
-    # ImageLaterality values of the series' images, "" for an image without: labels the series only when one.
-    image_lateralities: tuple[str, ...] = ()
-    attributes_at: float = 0.0  # event time of the latest instance whose attributes the row holds
-
-
-class InstanceInfo(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """One row per SOP Instance UID; positional on the wire: instances are the bulk of the state."""
-
-    uid: str
-    series_uid: str
-    sop_class_uid: str
-    number: int | None = None
-    title: str = ""
-    sha256: str = ""
-    revision: int = 0  # the revision this content joined
-    first_offset: int = -1  # imaging.raw offset of the record that created the row
-    source_offset: int = -1  # imaging.raw offset of the record that last wrote it
-    placed_at_ns: int = 0  # when the receiver placed this version's file (0: unknown)
-    patient_key: str = ""  # identity_key of this version's patient ("": a row of state schema 2)
-
-    def same_content(self, other: InstanceInfo) -> bool:
-        # A schema-2 row knows no patient key; its bytes' hash covers the patient attributes anyway.
-        if self.patient_key != other.patient_key and self.patient_key and other.patient_key:
-            return False
-        return (self.uid, self.series_uid, self.sop_class_uid, self.number, self.title, self.sha256) == (
-            other.uid,
-            other.series_uid,
-            other.sop_class_uid,
-            other.number,
-            other.title,
-            other.sha256,
-        )
-
-
-class StudyHeader(msgspec.Struct, frozen=True, gc=False):
-    study: StudyInfo
-    patient: PatientInfo
-    status: StudyStatus = StudyStatus.RECEIVING
-    revision: int = 1
-    published_revision: int = 0
-    instance_count: int = 0
-    series_count: int = 0
-    first_received: str = ""  # ISO 8601 UTC, event time of the earliest instance
-    last_received: str = ""  # ISO 8601 UTC, event time of the latest instance
-    last_event_time: float = 0.0  # epoch seconds: when the last new instance was received (event time)
-    last_wall_time: float = 0.0  # epoch seconds: when the aggregator processed the last new instance
-    partition: int = 0  # partition of imaging.raw (and of every table) holding this study
-    commitment_requested: bool = False  # Storage Commitment covering the study: ready without waiting
-    commitment_waiting: tuple[str, ...] = ()  # instances a commitment request named, not seen yet
-    commitment_transaction: str = ""  # the commitment request arriving in parts, and the parts read of it
-    commitment_parts_seen: tuple[int, ...] = ()
-    commitment_parts_left: int = 0  # parts of that request not read yet: not committed before they are
-    failure: str = ""
-    applied_offset: int = -1  # imaging.raw offset of the last record applied to this header
-    sealed_at: str = ""  # ISO 8601 UTC: when the current revision was sealed (its ready record's ready_at)
-    schema_version: int = STATE_SCHEMA_VERSION
-    patient_key: str = ""  # identity_key of ``patient``
-    patients: tuple[PatientSeen, ...] = ()  # every identity with instances in the study (more than one: conflict)
-    resolved_keys: tuple[str, ...] = ()  # identities an operator's resolution covered ...
-    resolved_key: str = ""  # ... and the one it chose
-    attributes_at: float = 0.0  # event time of the latest instance whose study attributes ``study`` holds
-    ready_now: bool = False  # a resolution decided the open revision: ready without a quiet period
-
-
-class Reception(msgspec.Struct, frozen=True, gc=False):
-    """When and where the aggregator saw an event: clocks are epoch seconds, ``offset`` its imaging.raw offset."""
-
-    wall_time: float
-    event_time: float
-    partition: int
-    offset: int = 0
-
-
-class StudyUpdate(msgspec.Struct, frozen=True, gc=False):
-    """What :func:`apply_instance` decided; ``None`` fields need no write."""
-
-    header: StudyHeader
-    instance: InstanceInfo | None = None
-    series: SeriesInfo | None = None
-    changed: bool = False
-    opened_revision: bool = False  # the study became RECEIVING: it needs a completeness check
-
+from domain.events import CommitmentRequest, InstanceEvent
+from domain.patient import IdentityOptions
+from domain.study_state import (
+    DEFAULT_IDENTITY,
+    PATIENT_CONFLICT,
+    InstanceInfo,
+    PatientInfo,
+    PatientSeen,
+    Reception,
+    SeriesInfo,
+    StudyHeader,
+    StudyStatus,
+    StudyUpdate,
+    instance_from_event,
+    iso_utc,
+    merge_latest,
+    merge_series,
+    patient_from_event,
+    patient_key_of,
+    series_from_event,
+    study_from_event,
+)
 
 _T = TypeVar("_T", bound=msgspec.Struct)
 _replace = msgspec.structs.replace
@@ -201,162 +58,6 @@ def check_key(record: InstanceEvent | CommitmentRequest, key: bytes | None) -> N
     """Reject a record whose Kafka key is not its study: the study's records would be on two partitions."""
     if key is None or key != record.study_uid.encode("ascii"):
         raise InvalidRecordError("message key differs from study_uid", reason="key_mismatch")
-
-
-# --- Building blocks from an event ---------------------------------------------------------------
-
-
-def patient_from_event(event: InstanceEvent) -> PatientInfo:
-    return PatientInfo(
-        id=event.patient_id,
-        issuer=event.issuer_of_patient_id,
-        name=event.patient_name,
-        birth_date=event.birth_date,
-        sex=event.sex,
-        issuer_universal=event.patient_issuer_universal,
-        issuer_universal_type=event.patient_issuer_universal_type,
-        calling_ae=event.calling_ae,
-    )
-
-
-def patient_key_of(patient: PatientInfo, study_uid: str, options: IdentityOptions) -> str:
-    """The identity key of a patient as a study records it (:mod:`domain.patient`)."""
-    system, value = patient_identity(
-        patient.id,
-        patient.issuer,
-        patient.issuer_universal,
-        patient.issuer_universal_type,
-        patient.calling_ae,
-        study_uid,
-        options,
-    )
-    return identity_key(system, value)
-
-
-def study_from_event(event: InstanceEvent) -> StudyInfo:
-    return StudyInfo(
-        uid=event.study_uid,
-        date=event.study_date,
-        time=event.study_time,
-        timezone_offset=event.timezone_offset,
-        description=event.study_description,
-        accession_number=event.accession_number,
-        accession_issuer=event.accession_issuer,
-        referring_physician=event.referring_physician,
-        procedure_codes=tuple(event.procedure_codes),
-        institution=event.institution,
-        study_id=event.study_id,
-        accession_issuer_universal=event.accession_issuer_universal,
-        accession_issuer_universal_type=event.accession_issuer_universal_type,
-        reading_physicians=event.reading_physicians,
-        reason_codes=tuple(event.reason_codes),
-        reason_text=event.reason_text,
-        placer_order_number=event.placer_order_number,
-        placer_order_issuer=event.placer_order_issuer,
-        placer_order_issuer_universal=event.placer_order_issuer_universal,
-        placer_order_issuer_universal_type=event.placer_order_issuer_universal_type,
-        department=event.department,
-    )
-
-
-def series_from_event(event: InstanceEvent, first_offset: int = -1, event_time: float = 0.0) -> SeriesInfo:
-    return SeriesInfo(
-        uid=event.series_uid,
-        number=event.series_number,
-        modality=event.modality,
-        description=event.series_description,
-        date=event.series_date,
-        time=event.series_time,
-        body_part=event.body_part_examined,
-        laterality=event.laterality,
-        performing_physician=event.performing_physician,
-        operators_name=event.operators_name,
-        manufacturer=event.manufacturer,
-        model=event.model,
-        institution=event.institution,
-        first_offset=first_offset,
-        anatomic_regions=tuple(event.anatomic_regions),
-        image_lateralities=(event.image_laterality,),
-        attributes_at=event_time,
-    )
-
-
-def instance_from_event(
-    event: InstanceEvent, revision: int = 0, first_offset: int = -1, patient_key: str = ""
-) -> InstanceInfo:
-    return InstanceInfo(
-        uid=event.sop_instance_uid,
-        series_uid=event.series_uid,
-        sop_class_uid=event.sop_class_uid,
-        number=event.instance_number,
-        title=event.instance_title,
-        sha256=event.sha256,
-        revision=revision,
-        first_offset=first_offset,
-        placed_at_ns=event.placed_at_ns,
-        patient_key=patient_key,
-    )
-
-
-_EMPTY = ("", None, ())
-
-# The fields of each info that instances report, in the order the *_from_event functions fill them.
-# Identity (``uid``) never changes; every other field follows the latest instance (merge_latest).
-_MERGED_FIELDS: dict[type, tuple[str, ...]] = {
-    PatientInfo: tuple(f for f in PatientInfo.__struct_fields__),
-    StudyInfo: tuple(f for f in StudyInfo.__struct_fields__ if f != "uid"),
-    SeriesInfo: tuple(
-        f
-        for f in SeriesInfo.__struct_fields__
-        if f not in ("uid", "first_offset", "image_lateralities", "attributes_at")
-    ),
-}
-
-
-def merge_latest(known: _T, incoming: _T, newer: bool) -> _T:
-    """``known`` updated from ``incoming``: every non-empty value of a ``newer`` instance wins, and an
-    older instance (an event read out of order) only fills what is empty.
-
-    Latest-wins is what makes a correction reach FHIR: a modality (or a PACS) re-sending a study with
-    a corrected description or patient name. Empty values never erase: instances of other kinds (a
-    dose report, a key object) routinely leave study attributes out. Returns ``known`` itself when
-    nothing changes.
-    """
-    updates: dict[str, Any] = {}
-    for name in _MERGED_FIELDS[type(known)]:
-        value = getattr(incoming, name)
-        if value in _EMPTY:
-            continue
-        current = getattr(known, name)
-        if current != value and (newer or current in _EMPTY):
-            updates[name] = value
-    return _replace(known, **updates) if updates else known
-
-
-def merge_series(known: SeriesInfo, event: InstanceEvent, event_time: float) -> SeriesInfo:
-    """A series row after one more of its instances: latest attributes, and the image's laterality noted."""
-    merged = merge_latest(known, series_from_event(event), newer=event_time >= known.attributes_at)
-    updates: dict[str, Any] = {}
-    if event_time > merged.attributes_at:
-        updates["attributes_at"] = event_time
-    if event.image_laterality not in merged.image_lateralities:
-        updates["image_lateralities"] = tuple(sorted({*merged.image_lateralities, event.image_laterality}))
-    return _replace(merged, **updates) if updates else merged
-
-
-def event_time_of(event: InstanceEvent, message_timestamp: float | None, fallback: float) -> float:
-    """When the instance was received: ``received_at`` if parseable, else the Kafka timestamp, else ``fallback``."""
-    if event.received_at:
-        try:
-            parsed = datetime.fromisoformat(event.received_at.replace("Z", "+00:00"))
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-        except (ValueError, OverflowError, OSError):
-            pass
-    return message_timestamp if message_timestamp else fallback
-
-
-def iso_utc(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- Patients of a study -------------------------------------------------------------------------
@@ -484,24 +185,10 @@ def apply_instance(
             return _repair(header, known_series, known_instance, event, at, identity)
     key = patient_key_of(patient_from_event(event), event.study_uid, identity)
     incoming = instance_from_event(event, patient_key=key)
-    if header is not None and placed_before(incoming, known_instance):
-        return StudyUpdate(header=header)
     counted = known_instance if known_instance is not None and _counted(header, known_instance.first_offset) else None
-    if (
-        counted is not None
-        and header is not None
-        and counted.source_offset <= header.applied_offset  # the header reflects the row's last write
-        and counted.same_content(incoming)
-    ):
+    if header is not None and _nothing_new(header, incoming, known_instance, counted):
         return StudyUpdate(header=header)
-
     series_counted = known_series is not None and _counted(header, known_series.first_offset)
-    if known_series is not None:
-        merged_series = merge_series(known_series, event, at.event_time)
-        series_to_write = merged_series if merged_series is not known_series else None
-    else:
-        series_to_write = series_from_event(event, first_offset=at.offset, event_time=at.event_time)
-
     received = iso_utc(at.event_time)  # one conversion per event: it is a tenth of this function
     if header is None:
         header = StudyHeader(
@@ -518,23 +205,13 @@ def apply_instance(
     replaced_key = (counted.patient_key or header.patient_key) if counted is not None else None
     changes.update(_with_patient(header, event, key, at.event_time, replaced_key))
 
-    first_received = header.first_received
-    if not first_received or received < first_received:
-        first_received = received
-    if at.event_time >= header.last_event_time:
-        last_event_time, last_received = at.event_time, received
-    else:
-        last_event_time, last_received = header.last_event_time, iso_utc(header.last_event_time)  # out of order
     header = _replace(
         header,
         instance_count=header.instance_count + (0 if counted is not None else 1),
         series_count=header.series_count + (0 if series_counted else 1),
-        first_received=first_received,
-        last_received=last_received,
-        last_event_time=last_event_time,
-        last_wall_time=max(header.last_wall_time, at.wall_time),
         partition=at.partition,
         applied_offset=at.offset,
+        **_clocks(header, at, received),
         **changes,
     )
     instance = _replace(
@@ -543,7 +220,47 @@ def apply_instance(
         first_offset=counted.first_offset if counted is not None else at.offset,
         source_offset=at.offset,
     )
-    return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
+    series = _series_to_write(known_series, event, at)
+    return StudyUpdate(header=header, instance=instance, series=series, changed=True, opened_revision=opened)
+
+
+def _nothing_new(
+    header: StudyHeader, incoming: InstanceInfo, known: InstanceInfo | None, counted: InstanceInfo | None
+) -> bool:
+    """An older version of a known instance, or the same content the header already reflects."""
+    if placed_before(incoming, known):
+        return True
+    return (
+        counted is not None
+        and counted.source_offset <= header.applied_offset  # the header reflects the row's last write
+        and counted.same_content(incoming)
+    )
+
+
+def _series_to_write(known: SeriesInfo | None, event: InstanceEvent, at: Reception) -> SeriesInfo | None:
+    """The series row after one more instance; ``None`` when the stored one stays as it is."""
+    if known is None:
+        return series_from_event(event, first_offset=at.offset, event_time=at.event_time)
+    merged = merge_series(known, event, at.event_time)
+    return merged if merged is not known else None
+
+
+def _clocks(header: StudyHeader, at: Reception, received: str) -> dict[str, Any]:
+    """First and last receipt after one more instance (``received`` is its event time as ISO text);
+    an instance older than the latest (out of order) moves only the first receipt."""
+    first_received = header.first_received
+    if not first_received or received < first_received:
+        first_received = received
+    if at.event_time >= header.last_event_time:
+        last_event_time, last_received = at.event_time, received
+    else:
+        last_event_time, last_received = header.last_event_time, iso_utc(header.last_event_time)
+    return {
+        "first_received": first_received,
+        "last_received": last_received,
+        "last_event_time": last_event_time,
+        "last_wall_time": max(header.last_wall_time, at.wall_time),
+    }
 
 
 def _changes_for(
@@ -621,12 +338,8 @@ def _repair(
     )
     # This record changed its series in the first run only if it wrote its instance row (not a repeat).
     wrote_instance = missing or stale or (known_instance is not None and known_instance.source_offset == at.offset)
-    series_to_write: SeriesInfo | None = None
-    if known_series is None:
-        series_to_write = series_from_event(event, first_offset=at.offset, event_time=at.event_time)
-    elif wrote_instance:  # the row may predate this record's write of it: merging again is harmless if not
-        merged_series = merge_series(known_series, event, at.event_time)
-        series_to_write = merged_series if merged_series is not known_series else None
+    # The series row may predate this record's write of it: merging again is harmless if not.
+    series_to_write = _series_to_write(known_series, event, at) if known_series is None or wrote_instance else None
     if not missing and not stale and series_to_write is None:
         return StudyUpdate(header=header)
     opened = header.status is not StudyStatus.RECEIVING
@@ -726,67 +439,3 @@ def mark_failed(header: StudyHeader, reason: str) -> StudyHeader:
 def mark_conflict(header: StudyHeader, sealed_at: str) -> StudyHeader:
     """The open revision is complete but holds instances of more than one patient: it is not uploaded."""
     return _replace(header, status=StudyStatus.CONFLICT, sealed_at=sealed_at, failure=PATIENT_CONFLICT)
-
-
-# --- Storage encoding (table values) -------------------------------------------------------------
-
-_encoder = msgspec.json.Encoder()
-_header_decoder = msgspec.json.Decoder(StudyHeader)
-_series_decoder = msgspec.json.Decoder(SeriesInfo)
-_instance_decoder = msgspec.json.Decoder(InstanceInfo)
-
-
-def _decode(decoder: msgspec.json.Decoder[_T], raw: bytes, what: str) -> _T:
-    try:
-        return decoder.decode(raw)
-    except msgspec.MsgspecError as exc:
-        raise InvalidRecordError(f"corrupt {what}: {exc}", reason="corrupt_state") from None
-
-
-def encode_header(header: StudyHeader) -> bytes:
-    return _encoder.encode(header)
-
-
-def decode_header(raw: bytes) -> StudyHeader:
-    return _decode(_header_decoder, raw, "study header")
-
-
-def encode_series(series: SeriesInfo) -> bytes:
-    return _encoder.encode(series)
-
-
-def decode_series(raw: bytes) -> SeriesInfo:
-    return _decode(_series_decoder, raw, "series state")
-
-
-def encode_instance(instance: InstanceInfo) -> bytes:
-    return _encoder.encode(instance)
-
-
-def decode_instance(raw: bytes) -> InstanceInfo:
-    return _decode(_instance_decoder, raw, "instance state")
-
-
-# --- Table keys ----------------------------------------------------------------------------------
-# '|' never occurs in a UID (digits and dots), so "<study>|" is an exact prefix of one study's rows.
-
-
-def study_key(study_uid: str) -> bytes:
-    return study_uid.encode("ascii")
-
-
-def study_uid_of_key(key: bytes) -> str | None:
-    """The study UID a table key names, or ``None`` when the key is not one (a row written by hand, say)."""
-    try:
-        text = key.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return text if is_valid_uid(text) else None
-
-
-def child_prefix(study_uid: str) -> bytes:
-    return f"{study_uid}|".encode("ascii")
-
-
-def child_key(study_uid: str, child_uid: str) -> bytes:
-    return f"{study_uid}|{child_uid}".encode("ascii")

@@ -1,6 +1,6 @@
 """The uploader's pure rules: what a FHIR answer means, what to do next, what to record per study.
 
-No I/O: :mod:`agents.uploader` makes one attempt (look up, build, save, post) and asks :func:`next_step`
+No I/O: :mod:`agents.fhir_writer` makes one attempt (look up, build, save, post) and asks :func:`next_step`
 what follows. The rules, in order of how often they matter:
 
 - **Transient** (connection errors, timeouts, 408/425/429, 5xx, 401/403 and token-endpoint failures,

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from app.settings import Settings
-from domain import replay as domain
+from domain import replay as rules
 from domain.errors import StudyStreamError
 from infra.control import read_control_async, read_generation_async, write_generation_async, write_ready_replay_async
 
@@ -40,9 +40,9 @@ class Prepared:
 
     generation: int
     group: GroupState
-    plan: domain.ReplayPlan
+    plan: rules.ReplayPlan
     old_commits: dict[tuple[str, int], int]
-    generation_plan: domain.GenerationPlan | None = None
+    generation_plan: rules.GenerationPlan | None = None
     new_group: GroupState | None = None
 
 
@@ -77,7 +77,7 @@ async def committed_offsets(admin: AIOKafkaAdminClient, group_id: str) -> dict[t
 async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int]:
     # Listed first: describing a missing topic would make an auto-creating broker create it.
     if topic not in await admin.list_topics():
-        raise domain.ReplayError(f"topic {topic} does not exist")
+        raise rules.ReplayError(f"topic {topic} does not exist")
     (described,) = await admin.describe_topics([topic])
     return sorted(p["partition"] for p in described["partitions"])
 
@@ -88,13 +88,13 @@ async def partition_offsets(
     partitions: Iterable[int],
     committed: dict[tuple[str, int], int],
     timestamp_ms: int | None,
-) -> list[domain.PartitionOffsets]:
+) -> list[rules.PartitionOffsets]:
     tps = [TopicPartition(topic, p) for p in partitions]
     starts = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
     at_time = await consumer.offsets_for_times({tp: timestamp_ms for tp in tps}) if timestamp_ms is not None else {}
     return [
-        domain.PartitionOffsets(
+        rules.PartitionOffsets(
             partition=tp.partition,
             log_start=starts[tp],
             end=ends[tp],
@@ -105,10 +105,10 @@ async def partition_offsets(
     ]
 
 
-async def prepare(settings: Settings, topic: str, target: domain.ReplayTarget, reset_state: bool) -> Prepared:
+async def prepare(settings: Settings, topic: str, target: rules.ReplayTarget, reset_state: bool) -> Prepared:
     """Read the generation, the group, its offsets and the topic's offsets; plan. Changes nothing."""
     generation = await read_generation_async(settings)
-    group_id = domain.group_id_for(settings.app_id, generation)
+    group_id = rules.group_id_for(settings.app_id, generation)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=_timeout_ms(settings))
     await admin.start()
     try:
@@ -120,14 +120,14 @@ async def prepare(settings: Settings, topic: str, target: domain.ReplayTarget, r
         )
         await consumer.start()
         try:
-            timestamp = target.timestamp_ms if target.kind is domain.TargetKind.DATETIME else None
+            timestamp = target.timestamp_ms if target.kind is rules.TargetKind.DATETIME else None
             offsets = await partition_offsets(consumer, topic, partitions, old_commits, timestamp)
         finally:
             await consumer.stop()
-        plan = domain.plan_replay(topic, group_id, target, offsets)
+        plan = rules.plan_replay(topic, group_id, target, offsets)
         generation_plan = new_group = None
         if reset_state:
-            generation_plan = domain.plan_new_generation(settings.app_id, generation, old_commits, plan)
+            generation_plan = rules.plan_new_generation(settings.app_id, generation, old_commits, plan)
             new_group = await describe_group(admin, generation_plan.group_id)
         return Prepared(generation, group, plan, old_commits, generation_plan, new_group)
     finally:
@@ -161,7 +161,7 @@ async def commit_offsets(settings: Settings, group_id: str, commits: dict[tuple[
         consumer.assign(list(tps.values()))
         await consumer.commit({tps[key]: OffsetAndMetadata(offset, COMMIT_METADATA) for key, offset in commits.items()})
     except KafkaError as exc:  # e.g. a worker joined meanwhile: the broker refuses commits from outside
-        raise domain.ReplayError(f"the broker refused the new offsets for group {group_id}: {exc!r}") from exc
+        raise rules.ReplayError(f"the broker refused the new offsets for group {group_id}: {exc!r}") from exc
     finally:
         await consumer.stop()
 

@@ -37,7 +37,7 @@ from scp.negotiation import STORAGE_COMMITMENT, Accepted, Offer, Rejected, check
 from scp.outbox import Outbox
 from scp.storage import InstanceStore
 
-LOG = logging.getLogger("studystream.receiver")
+log = logging.getLogger(f"studystream.{__name__}")
 
 
 @dataclass
@@ -131,11 +131,11 @@ class Association:
             await self.serve()
         except pdu.ProtocolError as exc:
             self.deps.metrics.associations_aborted.labels(reason="protocol_error").inc()
-            LOG.warning("association %s from %s aborted: %s", self.calling_ae or "?", self.host, exc)
+            log.warning("association %s from %s aborted: %s", self.calling_ae or "?", self.host, exc)
             await self.send_now(pdu.abort(pdu.SOURCE_SERVICE_PROVIDER, exc.reason))
         except pdu.PeerGone as exc:
             if self.calling_ae:
-                LOG.info("association %s from %s ended: %s", self.calling_ae, self.host, exc)
+                log.info("association %s from %s ended: %s", self.calling_ae, self.host, exc)
         finally:
             self.discard_partial()
             for task in self.background:
@@ -144,7 +144,7 @@ class Association:
                 self.deps.active[self.calling_ae] -= 1
                 if not self.deps.active[self.calling_ae]:
                     del self.deps.active[self.calling_ae]
-                LOG.info(
+                log.info(
                     "association %s from %s closed: %d stored, %d refused, %d bytes in %.1f s",
                     self.calling_ae,
                     self.host,
@@ -188,7 +188,7 @@ class Association:
         self.calling_ae, self.contexts, self.peer_max_pdu = outcome.calling_ae, outcome.contexts, outcome.peer_max_pdu
         deps.active[self.calling_ae] = deps.active.get(self.calling_ae, 0) + 1
         deps.metrics.associations_accepted.inc()
-        LOG.info(
+        log.info(
             "association %s from %s accepted: %d context(s), %d rejected%s",
             self.calling_ae,
             self.host,
@@ -201,7 +201,7 @@ class Association:
     async def rejected(self, outcome: Rejected) -> None:
         await self.send_now(outcome.pdu)
         self.deps.metrics.associations_rejected.labels(reason=outcome.reason).inc()
-        LOG.warning(
+        log.warning(
             "association rejected: %s (calling AE %r from %s)", outcome.reason, outcome.calling_ae[:16], self.host
         )
         await self.await_close()
@@ -221,7 +221,7 @@ class Association:
             elif pdu_type == pdu.A_ABORT:
                 await self.reader.body(pdu_type, length)
                 self.deps.metrics.associations_aborted.labels(reason="peer").inc()
-                LOG.warning("association %s from %s aborted by the peer", self.calling_ae, self.host)
+                log.warning("association %s from %s aborted by the peer", self.calling_ae, self.host)
                 return
             else:
                 raise pdu.ProtocolError(f"unexpected PDU 0x{pdu_type:02x}", pdu.UNEXPECTED_PDU)
@@ -377,9 +377,9 @@ class Association:
         else:
             delivered = await self.report_here(context_id, report)
         if delivered:
-            LOG.info("storage commitment %s: result delivered on the %s", report.transaction_uid, where)
+            log.info("storage commitment %s: result delivered on the %s", report.transaction_uid, where)
         else:
-            LOG.warning(
+            log.warning(
                 "storage commitment %s: result not delivered on the %s (for senders that release at once, name "
                 "their listener in STUDYSTREAM_RECEIVER_COMMITMENT_PEERS): the sender must ask again",
                 report.transaction_uid,
@@ -437,7 +437,7 @@ def store_instance(deps: ReceiverDeps, staged: StagedInstance, arrival: Arrival)
         stored, row_id = commit_durably(path, event, target, deps.store, deps.outbox)
     except StoreRefused as refusal:
         deps.metrics.failures.labels(reason=refusal.reason).inc()
-        LOG.warning(
+        log.warning(
             "C-STORE %s refused: status 0x%04X %s (%s)",
             arrival.sop_instance[:64],
             refusal.status,
@@ -447,7 +447,7 @@ def store_instance(deps: ReceiverDeps, staged: StagedInstance, arrival: Arrival)
         return refusal.status
     except Exception as exc:
         deps.metrics.failures.labels(reason="storage_error").inc()
-        LOG.exception("C-STORE %s failed: %s", arrival.sop_instance[:64], type(exc).__name__)
+        log.exception("C-STORE %s failed: %s", arrival.sop_instance[:64], type(exc).__name__)
         return StoreRefused("storage_error").status
     finally:
         if path is not None:
@@ -456,13 +456,13 @@ def store_instance(deps: ReceiverDeps, staged: StagedInstance, arrival: Arrival)
         try:
             deps.index.record(event.sop_instance_uid, event.sop_class_uid, event.study_uid, str(target))
         except Exception as exc:  # noqa: BLE001 - the index only serves Storage Commitment: never fail a store
-            LOG.warning("C-STORE %s: not indexed for storage commitment (%s)", event.sop_instance_uid, exc)
+            log.warning("C-STORE %s: not indexed for storage commitment (%s)", event.sop_instance_uid, exc)
     outcome = "duplicate" if stored.duplicate else "replaced" if stored.replaced else "new"
     deps.metrics.instances_stored.labels(outcome=outcome).inc()
     deps.metrics.bytes_stored.inc(stored.size)
     count = next(deps.stored)
     if deps.fault_after_store and count >= deps.fault_after_store:
-        LOG.error("fault injection: exiting after %d stored instances, before publishing", count)
+        log.error("fault injection: exiting after %d stored instances, before publishing", count)
         logging.shutdown()
         os._exit(70)
     deps.outbox.release(row_id)

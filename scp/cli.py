@@ -19,7 +19,7 @@ import click
 
 from app.settings import Settings, get_settings
 
-LOG = logging.getLogger("scp")
+log = logging.getLogger(f"studystream.{__name__}")
 _RESTART_DELAY = 1.0  # seconds before a crashed receiving process is started again
 
 
@@ -111,7 +111,7 @@ def _supervise(settings: Settings, count: int, port: int, ae_title: str, storage
         time.sleep(0.5)
         for slot, child in list(children.items()):
             if child.poll() is not None and not stopping:
-                LOG.warning("receiving process %d exited with %s; restarting", slot, child.returncode)
+                log.warning("receiving process %d exited with %s; restarting", slot, child.returncode)
                 time.sleep(_RESTART_DELAY)
                 children[slot] = spawn(slot)
     for child in children.values():

@@ -32,7 +32,7 @@ from domain.errors import ConfigurationError
 from domain.events import CommitmentRequest, encode_commitment_request
 from domain.uids import is_valid_uid
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(f"studystream.{__name__}")
 
 REQUEST_COMMITMENT_ACTION = 1
 ALL_COMMITTED_EVENT = 1
@@ -242,7 +242,7 @@ def commitment_action(
     try:
         request = read_request(info)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed input
-        LOG.warning("storage commitment request unreadable (%s)", type(exc).__name__)
+        log.warning("storage commitment request unreadable (%s)", type(exc).__name__)
         request = None
     if request is None or deps.index is None:
         metrics.commitments.labels(outcome="refused").inc()
@@ -255,7 +255,7 @@ def commitment_action(
     for record in records:
         deps.outbox.add_record(record.study_uid, encode_commitment_request(record))
     metrics.commitments.labels(outcome="committed" if not outcome.failed else "some_failed").inc()
-    LOG.info(
+    log.info(
         "storage commitment %s from %s: %d committed, %d failed, %d study(ies)",
         transaction_uid,
         calling_ae,
@@ -278,7 +278,7 @@ def report_on_new_association(route: ReportRoute, peer_ae: str, report: Commitme
     try:
         assoc = ae.associate(host, port, ae_title=peer_ae, ext_neg=[role])
     except Exception as exc:  # noqa: BLE001 - unreachable peer, bad address
-        LOG.info("storage commitment %s: cannot associate with %s (%s)", report.transaction_uid, peer_ae, exc)
+        log.info("storage commitment %s: cannot associate with %s (%s)", report.transaction_uid, peer_ae, exc)
         return False
     if not assoc.is_established:
         return False
@@ -287,7 +287,7 @@ def report_on_new_association(route: ReportRoute, peer_ae: str, report: Commitme
             report.info, report.event_type, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
         )
     except Exception as exc:  # noqa: BLE001 - the association may be gone meanwhile
-        LOG.info("storage commitment %s: report failed (%s)", report.transaction_uid, type(exc).__name__)
+        log.info("storage commitment %s: report failed (%s)", report.transaction_uid, type(exc).__name__)
         return False
     finally:
         assoc.release()

@@ -41,7 +41,7 @@ from scp.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from scp.outbox import Outbox
 from scp.storage import InstanceStore, StorageError, StoredInstance
 
-LOG = logging.getLogger("studystream.receiver")
+log = logging.getLogger(f"studystream.{__name__}")
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
@@ -272,5 +272,5 @@ def commit_durably(
             outbox.rewrite(row_id, final)
         except (sqlite3.Error, OSError) as exc:
             # The file is in place and the row holds a valid (merely unflagged) event: publish that.
-            LOG.warning("C-STORE %s: could not flag the event (%s)", event.sop_instance_uid, exc)
+            log.warning("C-STORE %s: could not flag the event (%s)", event.sop_instance_uid, exc)
     return stored, row_id

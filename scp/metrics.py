@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(f"studystream.{__name__}")
 
 
 class ReceiverMetrics:
+    """The receiver's Prometheus metrics (one registry per receiving process): stores, then publishing."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.instances_stored = Counter(
@@ -46,6 +48,9 @@ class ReceiverMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=self.registry,
         )
+        self._publisher_metrics()
+
+    def _publisher_metrics(self) -> None:
         self.outbox_depth = Gauge(
             "studystream_receiver_outbox_depth", "Events not yet confirmed by Kafka", registry=self.registry
         )
@@ -108,7 +113,7 @@ def start_http(
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
-            LOG.debug("metrics http: " + format, *args)
+            log.debug("metrics http: " + format, *args)
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

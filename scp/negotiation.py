@@ -183,34 +183,8 @@ def negotiate(request: A_ASSOCIATE_RQ, offer: Offer, peer_host: str, limit_reach
     if not accepted:
         return reject(calling, "no_acceptable_context", PERMANENT, SERVICE_USER, NO_REASON)
 
-    user_information: list[object] = []
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = offer.max_pdu
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION
-    user_information += [max_length, implementation, version, *role_replies]
-    notes = []
-    identity = _identity_answer(primitive.user_information)
-    if identity is not None:
-        user_information.append(identity)
+    user_information, notes = _user_information_reply(primitive.user_information, offer.max_pdu, role_replies)
     asked_identity = any(isinstance(i, UserIdentityNegotiation) for i in primitive.user_information)
-    window = next(
-        (i for i in primitive.user_information if isinstance(i, AsynchronousOperationsWindowNegotiation)), None
-    )
-    if window is not None and (
-        window.maximum_number_operations_invoked,
-        window.maximum_number_operations_performed,
-    ) != (
-        1,
-        1,
-    ):
-        answer = AsynchronousOperationsWindowNegotiation()
-        answer.maximum_number_operations_invoked = 1
-        answer.maximum_number_operations_performed = 1
-        user_information.append(answer)
-        notes.append("asynchronous operations window answered 1/1")
 
     reply = A_ASSOCIATE()
     reply.application_context_name = UID(APPLICATION_CONTEXT)
@@ -231,6 +205,38 @@ def negotiate(request: A_ASSOCIATE_RQ, offer: Offer, peer_host: str, limit_reach
         user_identity=asked_identity,
         notes=notes,
     )
+
+
+def _user_information_reply(
+    items: list[object], max_pdu: int, role_replies: list[object]
+) -> tuple[list[object], list[str]]:
+    """The A-ASSOCIATE-AC's user information: our limits and implementation, the role, user identity and
+    asynchronous operations window answers; and notes on what was answered differently from the request."""
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION
+    reply: list[object] = [max_length, implementation, version, *role_replies]
+    notes = []
+    identity = _identity_answer(items)
+    if identity is not None:
+        reply.append(identity)
+    window = next((i for i in items if isinstance(i, AsynchronousOperationsWindowNegotiation)), None)
+    if window is not None and (
+        window.maximum_number_operations_invoked,
+        window.maximum_number_operations_performed,
+    ) != (
+        1,
+        1,
+    ):
+        answer = AsynchronousOperationsWindowNegotiation()
+        answer.maximum_number_operations_invoked = 1
+        answer.maximum_number_operations_performed = 1
+        reply.append(answer)
+        notes.append("asynchronous operations window answered 1/1")
+    return reply, notes
 
 
 def _identity_answer(items: Iterable[object]) -> UserIdentityNegotiation | None:

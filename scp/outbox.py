@@ -26,7 +26,7 @@ from pathlib import Path
 from domain.events import InstanceEvent, encode_instance_event
 from scp.storage import fsync_path
 
-LOG = logging.getLogger("studystream.receiver.outbox")
+log = logging.getLogger(f"studystream.{__name__}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -245,7 +245,7 @@ class Outbox:
                 self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
             except sqlite3.Error as exc:
                 self._abandoned.add(row_id)
-                LOG.warning("outbox row %d of a file never placed not deleted yet (%s): set aside", row_id, exc)
+                log.warning("outbox row %d of a file never placed not deleted yet (%s): set aside", row_id, exc)
 
     def pending(self, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` publishable events in commit order.

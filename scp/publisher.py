@@ -46,7 +46,7 @@ PERMANENT_ERRORS = (
     PolicyViolationError,
 )
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(f"studystream.{__name__}")
 
 _IDLE_WAIT = 1.0  # seconds between outbox checks when nobody signals new events
 
@@ -112,7 +112,7 @@ class Publisher:
             except Exception as exc:  # noqa: BLE001 - the publisher must outlive any broker or client failure
                 self.metrics.publish_errors.inc()
                 self._set_connected(False)
-                LOG.warning("publish failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, backoff)
+                log.warning("publish failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, backoff)
                 if producer is not None:
                     await self._close(producer)
                     producer = None
@@ -143,7 +143,7 @@ class Publisher:
             enable_idempotence=True,
             max_request_size=self.settings.max_message_bytes,
             request_timeout_ms=int(timeout * 1000),
-            linger_ms=2,
+            linger_ms=int(self.settings.receiver_producer_linger * 1000),
         )
         try:
             await asyncio.wait_for(producer.start(), timeout)
@@ -151,7 +151,7 @@ class Publisher:
             await self._close(producer)
             raise
         self._set_connected(True)
-        LOG.info("publisher connected to %s, topic %s", self.settings.broker_url, self.settings.topic_raw)
+        log.info("publisher connected to %s, topic %s", self.settings.broker_url, self.settings.topic_raw)
         return producer
 
     async def _probe(self, producer: AIOKafkaProducer) -> None:
@@ -164,16 +164,16 @@ class Publisher:
             reachable = False
         if reachable != self.connected:
             if reachable:
-                LOG.info("broker %s reachable again", self.settings.broker_url)
+                log.info("broker %s reachable again", self.settings.broker_url)
             else:
-                LOG.warning("broker %s unreachable; events wait in the outbox", self.settings.broker_url)
+                log.warning("broker %s unreachable; events wait in the outbox", self.settings.broker_url)
         self._set_connected(reachable)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         try:
             await asyncio.wait_for(producer.stop(), 5)
         except Exception as exc:  # noqa: BLE001 - closing a broken producer may fail in many ways
-            LOG.debug("closing producer: %s", exc)
+            log.debug("closing producer: %s", exc)
 
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
@@ -213,7 +213,7 @@ class Publisher:
         for entry, exc in refused:
             await asyncio.to_thread(self.outbox.quarantine, entry.id, f"{type(exc).__name__}: {exc}"[:500])
             self.metrics.quarantined.inc()
-            LOG.error(
+            log.error(
                 "event %d (study %s) refused by the broker for good (%s): quarantined; "
                 "`studystream receiver quarantine list` shows it",
                 entry.id,
@@ -225,7 +225,7 @@ class Publisher:
             self.metrics.publish_latency.observe(max(0.0, now - entry.created))
         self.metrics.published.inc(len(confirmed))
         await self._update_depths()
-        LOG.debug("published %d events in %.1f ms", len(confirmed), (time.perf_counter() - started) * 1000)
+        log.debug("published %d events in %.1f ms", len(confirmed), (time.perf_counter() - started) * 1000)
         if failed is not None:
             raise failed
         return len(confirmed) + len(refused)

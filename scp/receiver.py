@@ -30,7 +30,7 @@ from scp.outbox import Outbox
 from scp.publisher import Publisher
 from scp.storage import InstanceStore, file_sha256
 
-LOG = logging.getLogger("studystream.receiver")
+log = logging.getLogger(f"studystream.{__name__}")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -89,7 +89,7 @@ def adopt_orphan_outboxes(settings: Settings, processes: int) -> int:
     try:
         for path in orphans:
             count = outbox.adopt(path)
-            LOG.info("outbox %s of a slot no longer running: %d events moved to %s", path, count, base)
+            log.info("outbox %s of a slot no longer running: %d events moved to %s", path, count, base)
             moved += count
     finally:
         outbox.close()
@@ -146,7 +146,7 @@ class Receiver:
         )
         leftovers = self.store.prepare()
         kept, dropped = self.outbox.recover(_file_matches)
-        LOG.info(
+        log.info(
             "outbox %s: %d events to publish, %d dropped (file never placed); %d partial files removed",
             self.outbox.path,
             kept,
@@ -157,35 +157,7 @@ class Receiver:
         self.publisher = Publisher(s, self.outbox, self.metrics)
         self.publisher.start()
         self.index = InstanceIndex(index_path(s), busy_timeout=s.receiver_index_timeout)
-        loop = asyncio.get_running_loop()
-        self.deps = ReceiverDeps(
-            offer=Offer(
-                ae_title=self.ae_title,
-                allowlist=CallingAllowlist.parse(s.receiver_allowed_calling_aes),
-                max_pdu=s.receiver_max_pdu,
-                contexts=supported_contexts(),
-                require_called_ae=s.receiver_require_called_ae,
-            ),
-            limits=store_limits(s),
-            store=self.store,
-            outbox=self.outbox,
-            metrics=self.metrics,
-            run_blocking=lambda fn, *args: loop.run_in_executor(self.pool, partial(fn, *args)),
-            acse_timeout=s.receiver_acse_timeout,
-            dimse_timeout=s.receiver_dimse_timeout,
-            network_timeout=s.receiver_network_timeout,
-            max_associations=s.receiver_max_associations,
-            max_associations_per_ae=s.receiver_max_associations_per_ae,
-            max_action_bytes=s.receiver_max_action_bytes,
-            index=self.index,
-            report_route=ReportRoute(
-                peers=parse_commitment_peers(s.receiver_commitment_peers),
-                our_ae_title=self.ae_title,
-                timeout=s.receiver_commitment_report_timeout,
-            ),
-            commitment_max_uids=s.receiver_commitment_record_max_uids,
-            fault_after_store=s.receiver_fault_after_store,
-        )
+        self.deps = self._deps(asyncio.get_running_loop(), self.store, self.outbox, self.index)
         self.server = await asyncio.start_server(
             self.serve,
             s.dicom_host,
@@ -197,13 +169,47 @@ class Receiver:
         )
         if s.receiver_metrics_port:
             self.http = start_http(self.metrics, s.dicom_host, s.receiver_metrics_port + self.slot, self.health)
-        LOG.info(
+        log.info(
             "receiver %s listening on %s:%d (slot %d), storing in %s",
             self.ae_title,
             s.dicom_host,
             self.port,
             self.slot,
             self.storage_dir,
+        )
+
+    def _deps(
+        self, loop: asyncio.AbstractEventLoop, store: InstanceStore, outbox: Outbox, index: InstanceIndex
+    ) -> ReceiverDeps:
+        """What every association of this process shares, from the settings."""
+        s = self.settings
+        return ReceiverDeps(
+            offer=Offer(
+                ae_title=self.ae_title,
+                allowlist=CallingAllowlist.parse(s.receiver_allowed_calling_aes),
+                max_pdu=s.receiver_max_pdu,
+                contexts=supported_contexts(),
+                require_called_ae=s.receiver_require_called_ae,
+            ),
+            limits=store_limits(s),
+            store=store,
+            outbox=outbox,
+            metrics=self.metrics,
+            run_blocking=lambda fn, *args: loop.run_in_executor(self.pool, partial(fn, *args)),
+            acse_timeout=s.receiver_acse_timeout,
+            dimse_timeout=s.receiver_dimse_timeout,
+            network_timeout=s.receiver_network_timeout,
+            max_associations=s.receiver_max_associations,
+            max_associations_per_ae=s.receiver_max_associations_per_ae,
+            max_action_bytes=s.receiver_max_action_bytes,
+            index=index,
+            report_route=ReportRoute(
+                peers=parse_commitment_peers(s.receiver_commitment_peers),
+                our_ae_title=self.ae_title,
+                timeout=s.receiver_commitment_report_timeout,
+            ),
+            commitment_max_uids=s.receiver_commitment_record_max_uids,
+            fault_after_store=s.receiver_fault_after_store,
         )
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -231,7 +237,7 @@ class Receiver:
         }
 
     async def stop(self) -> None:
-        LOG.info("receiver stopping")
+        log.info("receiver stopping")
         if self.server is not None:
             self.server.close()
         if self.associations:
@@ -279,6 +285,6 @@ def _quiet_handshake_failures(loop: asyncio.AbstractEventLoop, context: dict[str
     """A TLS peer that fails its handshake is the peer's problem: one line, not a traceback."""
     exc = context.get("exception")
     if isinstance(exc, ssl.SSLError | ConnectionError):
-        LOG.warning("connection refused at TLS: %s", type(exc).__name__)
+        log.warning("connection refused at TLS: %s", type(exc).__name__)
         return
     loop.default_exception_handler(context)

@@ -30,7 +30,7 @@ from pathlib import Path
 from domain.errors import StudyStreamError
 from domain.uids import is_valid_uid
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(f"studystream.{__name__}")
 
 _HASH_CHUNK = 1024 * 1024
 _LOCK_STRIPES = 64

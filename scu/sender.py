@@ -40,7 +40,7 @@ from scu.scan import (
     plan_associations,
 )
 
-LOGGER = logging.getLogger("studystream.sender")
+log = logging.getLogger(f"studystream.{__name__}")
 
 _CONTEXT_RESULTS = {
     0x01: "presentation context rejected by the peer (user rejection)",
@@ -141,7 +141,7 @@ def _on_commitment_report(event: evt.Event, waiter: commitment.ReportWaiter) -> 
     try:
         info = event.event_information
     except Exception:  # noqa: BLE001 - a report we cannot decode still must be answered, never raised into pynetdicom
-        LOGGER.warning("undecodable Storage Commitment report")
+        log.warning("undecodable Storage Commitment report")
         info = None
     waiter.deliver(commitment.read_report(int(event.request.EventTypeID or 0), info))
     return 0x0000, None
@@ -289,7 +289,7 @@ def _send_plan(
                 stored = [outcome for outcome in result.outcomes if outcome.stored]
                 result.commitment = _request_commitment(assoc, policy, stored, waiter, checkpoint)
         except AssociationFailed as exc:
-            LOGGER.warning("study %s: %s", result.study_uid, exc.reason)
+            log.warning("study %s: %s", result.study_uid, exc.reason)
         finally:
             if checkpoint is not None:
                 checkpoint.release()
@@ -356,7 +356,7 @@ def _record(result: StudyResult, progress: ProgressCallback, outcome: InstanceOu
 
 def _back_off(policy: SendPolicy, attempt: int, result: StudyResult, reason: str) -> None:
     delay = policy.retry_backoff * (2**attempt)
-    LOGGER.warning("study %s: %s; retry %d in %.1f s", result.study_uid, reason, attempt + 1, delay)
+    log.warning("study %s: %s; retry %d in %.1f s", result.study_uid, reason, attempt + 1, delay)
     result.retries += 1
     time.sleep(delay)
 

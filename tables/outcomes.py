@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import faust
 
 from app.settings import Settings
-from domain.study import study_key
+from domain.study_state import study_key
 from domain.upload import UploadOutcome, decode_outcome, encode_outcome
 from tables.store import TableStore, Write
 from tables.studies import declare_table

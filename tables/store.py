@@ -33,7 +33,7 @@ from rocksdict import WriteBatch
 
 from domain.errors import InfrastructureError
 
-log = logging.getLogger("studystream.tables")
+log = logging.getLogger(f"studystream.{__name__}")
 
 # Testing: where a worker may be made to die (os._exit) inside a write, see Settings.aggregator_fault_point.
 FAULT_AFTER_CHANGELOG_SEND = "after_changelog_send"

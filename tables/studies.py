@@ -3,9 +3,9 @@
 =================  ===================  ==========================================================
 table              key                  value
 =================  ===================  ==========================================================
-study-headers      ``<study>``          :class:`domain.study.StudyHeader` (JSON, ~1 KB)
-study-series       ``<study>|<series>`` :class:`domain.study.SeriesInfo`, written when it changes
-study-instances    ``<study>|<sop>``    :class:`domain.study.InstanceInfo`, the de-duplication key
+study-headers      ``<study>``          :class:`domain.study_state.StudyHeader` (JSON, ~1 KB)
+study-series       ``<study>|<series>`` :class:`domain.study_state.SeriesInfo`, written when it changes
+study-instances    ``<study>|<sop>``    :class:`domain.study_state.InstanceInfo`, the de-duplication key
 study-pending      ``<study>``          ``b"1"`` while a revision is open or sealed: what the timer scans
 =================  ===================  ==========================================================
 
@@ -24,7 +24,7 @@ from typing import Any
 import faust
 
 from app.settings import Settings
-from domain import study as domain
+from domain import study_state as state
 from tables.store import TableStore, Write
 
 PENDING_MARK = b"1"
@@ -77,41 +77,41 @@ class StudyTables:
 
     # --- reads (the study's partition) ---
 
-    def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
-        raw = self.store.get(self.headers, partition, domain.study_key(study_uid))
-        return domain.decode_header(raw) if raw is not None else None
+    def header(self, study_uid: str, partition: int) -> state.StudyHeader | None:
+        raw = self.store.get(self.headers, partition, state.study_key(study_uid))
+        return state.decode_header(raw) if raw is not None else None
 
-    def series_info(self, study_uid: str, series_uid: str, partition: int) -> domain.SeriesInfo | None:
-        raw = self.store.get(self.series, partition, domain.child_key(study_uid, series_uid))
-        return domain.decode_series(raw) if raw is not None else None
+    def series_info(self, study_uid: str, series_uid: str, partition: int) -> state.SeriesInfo | None:
+        raw = self.store.get(self.series, partition, state.child_key(study_uid, series_uid))
+        return state.decode_series(raw) if raw is not None else None
 
-    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> domain.InstanceInfo | None:
-        raw = self.store.get(self.instances, partition, domain.child_key(study_uid, sop_uid))
-        return domain.decode_instance(raw) if raw is not None else None
+    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> state.InstanceInfo | None:
+        raw = self.store.get(self.instances, partition, state.child_key(study_uid, sop_uid))
+        return state.decode_instance(raw) if raw is not None else None
 
-    def pending_header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
+    def pending_header(self, study_uid: str, partition: int) -> state.StudyHeader | None:
         """The header of a study :meth:`pending_studies` listed, or None once its partition is closed.
 
         For the timer, which runs beside the agent: a partition revoked meanwhile must not be reopened.
         """
-        raw = self.store.get_if_open(self.headers, partition, domain.study_key(study_uid))
-        return domain.decode_header(raw) if raw is not None else None
+        raw = self.store.get_if_open(self.headers, partition, state.study_key(study_uid))
+        return state.decode_header(raw) if raw is not None else None
 
     def pending_studies(self) -> Iterator[tuple[str, int]]:
         """(study, partition) of the studies with an open or sealed revision on the partitions this worker
         actively owns (not standbys), so the timer reads each header straight from its partition."""
         for key, partition in self.store.owned_keys(self.pending):
-            uid = domain.study_uid_of_key(key)
+            uid = state.study_uid_of_key(key)
             if uid is not None:
                 yield uid, partition
 
-    def study_series(self, study_uid: str, partition: int) -> list[domain.SeriesInfo]:
-        prefix = domain.child_prefix(study_uid)
-        return [domain.decode_series(v) for _, v in self.store.scan_prefix(self.series, partition, prefix)]
+    def study_series(self, study_uid: str, partition: int) -> list[state.SeriesInfo]:
+        prefix = state.child_prefix(study_uid)
+        return [state.decode_series(v) for _, v in self.store.scan_prefix(self.series, partition, prefix)]
 
-    def study_instances(self, study_uid: str, partition: int) -> Iterator[domain.InstanceInfo]:
-        prefix = domain.child_prefix(study_uid)
-        return (domain.decode_instance(v) for _, v in self.store.scan_prefix(self.instances, partition, prefix))
+    def study_instances(self, study_uid: str, partition: int) -> Iterator[state.InstanceInfo]:
+        prefix = state.child_prefix(study_uid)
+        return (state.decode_instance(v) for _, v in self.store.scan_prefix(self.instances, partition, prefix))
 
     def local_headers(self) -> Iterator[bytes]:
         """Raw headers of this worker's active partitions (for the web view)."""
@@ -121,27 +121,27 @@ class StudyTables:
 
     # --- writes: built here, written by the aggregator in one acknowledged batch ---
 
-    def instance_writes(self, study_uid: str, partition: int, instances: Iterable[domain.InstanceInfo]) -> list[Write]:
+    def instance_writes(self, study_uid: str, partition: int, instances: Iterable[state.InstanceInfo]) -> list[Write]:
         return [
-            Write(self.instances, partition, domain.child_key(study_uid, i.uid), domain.encode_instance(i))
+            Write(self.instances, partition, state.child_key(study_uid, i.uid), state.encode_instance(i))
             for i in instances
         ]
 
     def study_writes(
-        self, header: domain.StudyHeader, series: Iterable[domain.SeriesInfo], *, pending: bool | None
+        self, header: state.StudyHeader, series: Iterable[state.SeriesInfo], *, pending: bool | None
     ) -> list[Write]:
         """A study's series rows, then its header, then its pending mark (``None``: leave it as it is)."""
         uid, partition = header.study.uid, header.partition
-        writes = [Write(self.series, partition, domain.child_key(uid, s.uid), domain.encode_series(s)) for s in series]
-        writes.append(Write(self.headers, partition, domain.study_key(uid), domain.encode_header(header)))
+        writes = [Write(self.series, partition, state.child_key(uid, s.uid), state.encode_series(s)) for s in series]
+        writes.append(Write(self.headers, partition, state.study_key(uid), state.encode_header(header)))
         if pending is not None:
-            writes.append(Write(self.pending, partition, domain.study_key(uid), PENDING_MARK if pending else None))
+            writes.append(Write(self.pending, partition, state.study_key(uid), PENDING_MARK if pending else None))
         return writes
 
-    def header_writes(self, header: domain.StudyHeader) -> list[Write]:
+    def header_writes(self, header: state.StudyHeader) -> list[Write]:
         """The header, and the pending mark its status calls for (open or sealed: pending)."""
-        still_pending = header.status in (domain.StudyStatus.RECEIVING, domain.StudyStatus.SEALED)
+        still_pending = header.status in (state.StudyStatus.RECEIVING, state.StudyStatus.SEALED)
         return self.study_writes(header, (), pending=still_pending)
 
     def unpending_writes(self, study_uid: str, partition: int) -> list[Write]:
-        return [Write(self.pending, partition, domain.study_key(study_uid), None)]
+        return [Write(self.pending, partition, state.study_key(study_uid), None)]

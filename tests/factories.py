@@ -11,7 +11,7 @@ from msgspec.structs import replace
 
 from domain.events import CodedValue, InstanceEvent
 from domain.ready import ReadyInstance, ReadySeries, StudyReady
-from domain.study import PatientInfo, StudyInfo
+from domain.study_state import PatientInfo, StudyInfo
 from tests.conftest import unique_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

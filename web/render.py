@@ -13,7 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from domain.study import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus, in_conflict
+from domain.study import in_conflict
+from domain.study_state import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus
 from domain.uids import is_valid_uid
 from domain.upload import UploadOutcome, UploadStatus
 

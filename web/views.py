@@ -36,7 +36,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.settings import Settings
 from domain.errors import InvalidRecordError
-from domain.study import StudyHeader, decode_header, iso_utc
+from domain.study import iso_utc
+from domain.study_state import StudyHeader, decode_header
 from tables.outcomes import UploadOutcomes
 from tables.studies import StudyTables
 from web import html, render
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from agents.policy import MessagePolicy
     from agents.uploader import StudyUploader
 
-log = logging.getLogger("studystream.web")
+log = logging.getLogger(f"studystream.{__name__}")
 
 LOCAL_SCOPE = "local"
 
@@ -188,9 +189,13 @@ def study_uid_path(fun: Callable[..., Awaitable[Response]]) -> Callable[..., Awa
 
 def register(app: faust.App, web_state: StudyWeb) -> None:
     """The pages on ``app``, each reading ``web_state``."""
-    settings = web_state.settings
-    headers_table = web_state.tables.headers
+    protected = _protected_view(web_state)
+    _register_pages(app, web_state, protected)
+    _register_api(app, web_state, protected)
+    _register_probes(app, web_state, protected)
 
+
+def _protected_view(web_state: StudyWeb) -> type[View]:
     class ProtectedView(View):
         """A view that answers 401 unless the request carries the token or the basic credentials."""
 
@@ -207,6 +212,13 @@ def register(app: faust.App, web_state: StudyWeb) -> None:
             response = await super().dispatch(request)
             web_state.metrics.requests.labels(self.page_name, str(getattr(response, "status", 0))).inc()
             return response
+
+    return ProtectedView
+
+
+def _register_pages(app: faust.App, web_state: StudyWeb, ProtectedView: type[View]) -> None:
+    settings = web_state.settings
+    headers_table = web_state.tables.headers
 
     @app.page("/")
     class StudyListPage(ProtectedView):
@@ -235,6 +247,11 @@ def register(app: faust.App, web_state: StudyWeb) -> None:
                     html.message_page("Study not found", f"No study {uid} in the study table."), status=404
                 )
             return self.web.html(html.detail_page(detail, settings.web_refresh_seconds))
+
+
+def _register_api(app: faust.App, web_state: StudyWeb, ProtectedView: type[View]) -> None:
+    settings = web_state.settings
+    headers_table = web_state.tables.headers
 
     @app.page("/api/studies")
     class StudyListApi(ProtectedView):
@@ -287,6 +304,8 @@ def register(app: faust.App, web_state: StudyWeb) -> None:
                 return self.json({"error": f"cannot read the dead-letter topic: {type(exc).__name__}"}, status=503)
             return self.json({"topic": settings.topic_dlq, "dead_letters": rows})
 
+
+def _register_probes(app: faust.App, web_state: StudyWeb, ProtectedView: type[View]) -> None:
     @app.page("/metrics")
     class MetricsPage(ProtectedView):
         page_name = "metrics"

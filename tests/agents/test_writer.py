@@ -10,7 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from agents.uploader import StudyWriter, UploaderMetrics, prune_bundles
+from agents.fhir_writer import StudyWriter, UploaderMetrics
+from agents.uploader import prune_bundles
 from app.settings import Settings
 from domain.fhir_mapping import MappingOptions
 from domain.upload import Action, Verdict

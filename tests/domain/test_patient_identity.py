@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from msgspec.structs import replace
 
-from domain import study as domain
+from domain import study as rules
 from domain.batch import BatchState, apply_event, apply_resolution
 from domain.errors import InvalidRecordError
 from domain.events import InstanceEvent, PatientResolution
@@ -41,7 +41,7 @@ class Study:
     def apply(self, event: InstanceEvent, event_time: float | None = None) -> None:
         self.offset += 1
         batch = self._batch()
-        at = domain.Reception(1000.0 + self.offset, event_time or 1000.0 + self.offset, PARTITION, self.offset)
+        at = rules.Reception(1000.0 + self.offset, event_time or 1000.0 + self.offset, PARTITION, self.offset)
         apply_event(batch, event, at, max_instances=1000)
         self._write(batch)
 
@@ -53,7 +53,7 @@ class Study:
         return changed
 
     @property
-    def header(self) -> domain.StudyHeader:
+    def header(self) -> rules.StudyHeader:
         return next(v for k, v in self.tables.rows.items() if k[0] == "h")
 
 
@@ -67,10 +67,10 @@ def test_a_second_patient_in_a_study_makes_a_conflict_that_counts_both_and_keeps
     state = Study()
     state.apply(replace(first, patient_id="P1", patient_name="One^Pat"))
     state.apply(replace(second, patient_id="P1", patient_name="One^Pat"))
-    assert not domain.in_conflict(state.header)
+    assert not rules.in_conflict(state.header)
     state.apply(replace(third, patient_id="P2", patient_name="Two^Pat"))
     header = state.header
-    assert domain.in_conflict(header)
+    assert rules.in_conflict(header)
     assert [(p.key, p.instances) for p in header.patients] == [(key_of("P1"), 2), (key_of("P2"), 1)]
     assert (header.patient.id, header.patient_key) == ("P1", key_of("P1"))  # filed as before, not uploaded
     assert header.instance_count == 3
@@ -82,9 +82,9 @@ def test_same_id_from_another_issuer_is_another_patient_but_an_issuer_spelled_as
     state = Study()
     state.apply(replace(a, patient_id="P1", issuer_of_patient_id="1.2.3"))
     state.apply(replace(b, patient_id="P1", issuer_of_patient_id="urn:oid:1.2.3"))
-    assert not domain.in_conflict(state.header)
+    assert not rules.in_conflict(state.header)
     state.apply(replace(c, patient_id="P1", issuer_of_patient_id="OTHERHOSP"))
-    assert domain.in_conflict(state.header)
+    assert rules.in_conflict(state.header)
 
 
 def test_a_corrected_resend_of_every_instance_ends_the_conflict_and_files_the_study_under_the_new_patient() -> None:
@@ -93,10 +93,10 @@ def test_a_corrected_resend_of_every_instance_ends_the_conflict_and_files_the_st
     state = Study()
     state.apply(replace(first, patient_id="WRONG", sha256="a" * 64))
     state.apply(replace(second, patient_id="RIGHT", sha256="b" * 64))
-    assert domain.in_conflict(state.header)
+    assert rules.in_conflict(state.header)
     state.apply(replace(first, patient_id="RIGHT", sha256="c" * 64))  # the modality re-sent it, corrected
     header = state.header
-    assert not domain.in_conflict(header)
+    assert not rules.in_conflict(header)
     assert [(p.key, p.instances) for p in header.patients] == [(key_of("RIGHT"), 2)]
     assert header.patient.id == "RIGHT" and header.instance_count == 2
 
@@ -119,16 +119,16 @@ def test_an_operator_resolution_files_the_study_under_the_chosen_identity_and_ma
     state = Study()
     state.apply(replace(a, patient_id="P1"))
     state.apply(replace(b, patient_id="P2", patient_name="Chosen^One"))
-    state.tables.rows[("h", study.uid)] = domain.mark_conflict(state.header, "2024-05-01T10:00:00.000Z")
+    state.tables.rows[("h", study.uid)] = rules.mark_conflict(state.header, "2024-05-01T10:00:00.000Z")
     assert state.resolve(study.uid, key_of("P2"))
     header = state.header
-    assert not domain.in_conflict(header)
+    assert not rules.in_conflict(header)
     assert (header.patient.id, header.patient.name, header.patient_key) == ("P2", "Chosen^One", key_of("P2"))
-    assert (header.status, header.revision, header.ready_now) == (domain.StudyStatus.RECEIVING, 2, True)
-    assert domain.is_ready(header, 0.0, None, quiet_period=3600)  # no quiet period after a decision
+    assert (header.status, header.revision, header.ready_now) == (rules.StudyStatus.RECEIVING, 2, True)
+    assert rules.is_ready(header, 0.0, None, quiet_period=3600)  # no quiet period after a decision
     assert not state.resolve(study.uid, key_of("P2"))  # nothing left to decide
     state.apply(replace(c, patient_id="P3"))  # an identity the resolution did not cover
-    assert domain.in_conflict(state.header)
+    assert rules.in_conflict(state.header)
 
 
 def test_a_resolution_naming_an_identity_the_study_does_not_hold_is_an_invalid_record() -> None:
@@ -151,9 +151,9 @@ def test_a_calling_ae_map_joins_one_site_s_modalities_and_keeps_two_sites_apart(
     state = Study(site)
     state.apply(replace(a, patient_id="MRN7", issuer_of_patient_id="", calling_ae="CT1"))
     state.apply(replace(b, patient_id="MRN7", issuer_of_patient_id="", calling_ae="MR1"))
-    assert not domain.in_conflict(state.header)
+    assert not rules.in_conflict(state.header)
     state.apply(replace(c, patient_id="MRN7", issuer_of_patient_id="", calling_ae="OTHER_SITE"))
-    assert domain.in_conflict(state.header)  # the same MRN from a site the map does not name
+    assert rules.in_conflict(state.header)  # the same MRN from a site the map does not name
 
 
 def test_a_header_of_state_schema_2_counts_every_instance_for_its_one_patient() -> None:
@@ -168,7 +168,7 @@ def test_a_header_of_state_schema_2_counts_every_instance_for_its_one_patient() 
         state.tables.rows[key] = replace(state.tables.rows[key], patient_key="")  # rows of schema 2
     state.apply(replace(b, patient_id="OTHER", sha256="f" * 64))  # a replaced version, another patient
     header = state.header
-    assert [p.instances for p in header.patients] == [1, 1] and domain.in_conflict(header)
+    assert [p.instances for p in header.patients] == [1, 1] and rules.in_conflict(header)
     state.apply(c)
     assert [p.instances for p in state.header.patients] == [2, 1]
 

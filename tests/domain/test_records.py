@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from domain import study as domain
+from domain import study as rules
 from domain.batch import BatchState, apply_commitment, apply_event
 from domain.errors import InvalidRecordError
 from domain.events import (
@@ -26,6 +26,7 @@ from domain.events import (
 )
 from domain.fhir_mapping import MappingOptions, build_transaction_bundle
 from domain.ready import build_study_ready, decode_study_ready, encode_study_ready
+from domain.study_state import event_time_of
 from tests.domain.test_study import MemoryTables
 from tests.factories import make_event, make_ready
 
@@ -131,12 +132,12 @@ def mutated(draw: st.DrawFn, valid: dict[str, Any]) -> bytes:
 def _aggregate(raw: bytes, key: bytes) -> None:
     """What the aggregator does with a record, minus Kafka: decode, check the key, apply to the study."""
     record = decode_raw_record(raw)
-    domain.check_key(record, key)
+    rules.check_key(record, key)
     tables = MemoryTables()
     batch = BatchState(tables)
-    seed = domain.Reception(1000.0, 1000.0, 0, 0)
+    seed = rules.Reception(1000.0, 1000.0, 0, 0)
     apply_event(batch, VALID_EVENT, seed, max_instances=10)  # the study exists, so the record meets real state
-    at = domain.Reception(1001.0, domain.event_time_of(record, None, 1001.0), 0, 1)  # type: ignore[arg-type]
+    at = rules.Reception(1001.0, event_time_of(record, None, 1001.0), 0, 1)  # type: ignore[arg-type]
     if isinstance(record, CommitmentRequest):
         apply_commitment(batch, record, 0, 1)
     else:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from domain import study as domain
+from domain import study as rules
 from domain.batch import BatchState, apply_commitment, apply_event
 from domain.errors import InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent
@@ -20,13 +20,6 @@ from domain.study import (
     StudyStatus,
     apply_instance,
     check_key,
-    decode_header,
-    decode_instance,
-    decode_series,
-    encode_header,
-    encode_instance,
-    encode_series,
-    event_time_of,
     is_ready,
     mark_published,
     mark_sealed,
@@ -36,6 +29,15 @@ from domain.study import (
     request_commitment,
     series_from_event,
     study_from_event,
+)
+from domain.study_state import (
+    decode_header,
+    decode_instance,
+    decode_series,
+    encode_header,
+    encode_instance,
+    encode_series,
+    event_time_of,
 )
 from tests.factories import SyntheticStudy, make_event
 
@@ -49,13 +51,13 @@ class MemoryTables:
 
     rows: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
-    def header(self, study_uid: str, partition: int) -> domain.StudyHeader | None:
+    def header(self, study_uid: str, partition: int) -> rules.StudyHeader | None:
         return self.rows.get(("h", study_uid))
 
-    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> domain.InstanceInfo | None:
+    def instance_info(self, study_uid: str, sop_uid: str, partition: int) -> rules.InstanceInfo | None:
         return self.rows.get(("i", study_uid, sop_uid))
 
-    def series_info(self, study_uid: str, series_uid: str, partition: int) -> domain.SeriesInfo | None:
+    def series_info(self, study_uid: str, series_uid: str, partition: int) -> rules.SeriesInfo | None:
         return self.rows.get(("s", study_uid, series_uid))
 
     def copy(self) -> MemoryTables:
@@ -102,22 +104,22 @@ class MemoryStudy:
         self.offset = 0
 
     @property
-    def header(self) -> domain.StudyHeader | None:
+    def header(self) -> rules.StudyHeader | None:
         return next((v for k, v in self.tables.rows.items() if k[0] == "h"), None)
 
     @header.setter
-    def header(self, value: domain.StudyHeader) -> None:
+    def header(self, value: rules.StudyHeader) -> None:
         self.tables.rows[("h", value.study.uid)] = value
 
     @property
-    def instances(self) -> dict[str, domain.InstanceInfo]:
+    def instances(self) -> dict[str, rules.InstanceInfo]:
         return {k[2]: v for k, v in self.tables.rows.items() if k[0] == "i"}
 
     @property
-    def series(self) -> dict[str, domain.SeriesInfo]:
+    def series(self) -> dict[str, rules.SeriesInfo]:
         return {k[2]: v for k, v in self.tables.rows.items() if k[0] == "s"}
 
-    def apply(self, event: InstanceEvent, wall: float = 1000.0, event_time: float | None = None) -> domain.StudyUpdate:
+    def apply(self, event: InstanceEvent, wall: float = 1000.0, event_time: float | None = None) -> rules.StudyUpdate:
         self.offset += 1
         at = Reception(wall, wall if event_time is None else event_time, PARTITION, self.offset)
         update = apply_instance(

@@ -20,6 +20,7 @@ from tests.conftest import ROOT, wait_for, worker_env
 from tests.e2e.conftest import E2E, STUDYSTREAM, SentStudy, studies_in
 
 SITE_ZONE = "Asia/Tokyo"
+PATIENT_ISSUER_OID = "1.2.826.0.1.3680043.10.1404.77"
 
 
 def unique() -> str:
@@ -70,6 +71,8 @@ def test_a_corrected_name_reaches_the_one_patient_and_every_mapped_field_is_what
     request = Dataset()
     request.PlacerOrderNumberImagingServiceRequest = f"ORD{unique()}"
     request.ReasonForTheRequestedProcedure = "Persistent cough"
+    issuer = Dataset()
+    issuer.UniversalEntityID, issuer.UniversalEntityIDType = PATIENT_ISSUER_OID, "ISO"
     common: dict[str, Any] = dict(
         PatientID=patient_id,
         IssuerOfPatientID="SAFETYHOSP",
@@ -84,6 +87,12 @@ def test_a_corrected_name_reaches_the_one_patient_and_every_mapped_field_is_what
         RequestAttributesSequence=[request],
         InstitutionalDepartmentName="Radiology East",
         NameOfPhysiciansReadingStudy="Reader^Rita",
+        IssuerOfPatientIDQualifiersSequence=[issuer],
+        ReferringPhysicianName="Smith^John^^Dr",
+        PerformingPhysicianName="----",  # a placeholder, not a performer
+        StudyDescription="Chest\x01 CT",  # a control character a modality let through
+        StudyID="S123",
+        ImageLaterality="L",  # every image of the CT series agrees
     )
     files = [rewrite(first, sent / "1.dcm", **common), rewrite(second, sent / "2.dcm", **common)]
     # A key object in its own series: a series modality, but not an acquisition modality of the study.
@@ -108,7 +117,18 @@ def test_a_corrected_name_reaches_the_one_patient_and_every_mapped_field_is_what
     assert resource["location"]["display"] == "Radiology East"
     assert [i["display"] for i in resource["interpreter"]] == ["Rita Reader"]
 
-    system, value = e2e.patient_identifier(study)
+    assert resource["description"] == "Chest CT"
+    assert resource["referrer"]["display"] == "Dr John Smith"
+    secondary = [i["value"] for i in resource["identifier"] if i.get("use") == "secondary"]
+    assert secondary == ["S123"]
+    accession = next(i for i in resource["identifier"] if i.get("use") == "usual")
+    assert accession["system"] == f"urn:oid:{study.headers[0].IssuerOfAccessionNumberSequence[0].UniversalEntityID}"
+    assert ct["laterality"] == {"system": "http://snomed.info/sct", "code": "7771000", "display": "Left"}
+    actors = [p["actor"] for s in resource["series"] for p in s.get("performer", [])]
+    assert {a["type"] for a in actors} == {"Device", "Organization"}  # no "----" practitioner
+
+    # The issuer's universal id (ISO) names the system, not the local IssuerOfPatientID.
+    system, value = f"urn:oid:{PATIENT_ISSUER_OID}", patient_id
     (patient,) = e2e.fhir.patients(system, value)
     assert [n.get("family") for n in patient["name"]] == ["Before"] and patient["birthDate"] == "1970-01-01"
     assert e2e.fhir.validate(resource) == []

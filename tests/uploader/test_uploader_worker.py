@@ -11,7 +11,7 @@ import orjson
 import pytest
 from msgspec.structs import replace
 
-from agents.uploader import StudyWriter, UploaderMetrics
+from agents.fhir_writer import StudyWriter, UploaderMetrics
 from app.settings import Settings
 from domain import dead_letters, fhir_mapping, fhir_resources
 from domain import upload as rules

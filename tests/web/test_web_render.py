@@ -6,7 +6,7 @@ import dataclasses
 
 from msgspec.structs import replace
 
-from domain.study import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo, StudyStatus
+from domain.study_state import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo, StudyStatus
 from domain.upload import UploadOutcome, UploadStatus
 from web import html, render
 
