@@ -33,10 +33,12 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from adapters.topics import create_topics_async
 from agents import consumer as consumer_view
 from agents.options import identity_options
 from agents.policy import MessagePolicy, WorkerStopping
 from app.settings import Settings
+from app.topology import TopicDecl
 from domain import study as rules
 from domain.batch import BatchState, apply_commitment, apply_event, apply_resolution
 from domain.dead_letters import DeadLetter
@@ -45,7 +47,6 @@ from domain.events import CommitmentRequest, InstanceEvent, PatientResolution, d
 from domain.ready import StudyReady, build_study_ready, encode_study_ready
 from domain.study_state import event_time_of, study_key
 from domain.uids import is_valid_uid
-from infra.topics import create_topics_async
 from tables.store import FAULT_EXIT_STATUS, TableStore, Write
 from tables.studies import StudyTables
 
@@ -194,7 +195,7 @@ class StudyAggregator:
         event_time = event_time_of(event, timestamp, fallback=now)
         if event_time > self.event_watermark.get(partition, 0.0):
             self.event_watermark[partition] = event_time
-        at = rules.Reception(now, event_time, partition, message.offset)
+        at = rules.Arrival(now, event_time, partition, message.offset)
         update = apply_event(batch, event, at, self.settings.aggregator_max_instances)
         if update is None:
             self.counters["duplicates"] += 1
@@ -410,7 +411,7 @@ class StudyAggregator:
         return sent
 
 
-async def create_internal_topics(settings: Settings, tables: StudyTables, check_topic: str) -> None:
+async def create_internal_topics(settings: Settings, tables: StudyTables, check: TopicDecl) -> None:
     """Create the changelog and check topics before Faust subscribes (a no-op when they exist).
 
     Left to Faust, a first start creates them moments before the consumer's metadata lookup, which
@@ -419,11 +420,11 @@ async def create_internal_topics(settings: Settings, tables: StudyTables, check_
     auto.create.topics.enable that would create them with one partition.
     """
     specs = [(name, {"cleanup.policy": "compact"}) for name in tables.changelog_topic_names()]
-    specs.append((check_topic, {}))
+    specs.append((check.name, check.config))
     await create_topics_async(settings, specs)
 
 
-def register(app: faust.App, aggregator: StudyAggregator, input_channel: faust.TopicT, check_topic: str) -> None:
+def register(app: faust.App, aggregator: StudyAggregator, input_channel: faust.TopicT, check: TopicDecl) -> None:
     """The aggregator's agent, timers and hooks on ``app``."""
     settings, policy = aggregator.settings, aggregator.policy
 
@@ -434,7 +435,7 @@ def register(app: faust.App, aggregator: StudyAggregator, input_channel: faust.T
     @app.on_worker_init.connect
     def prepare_topics(sender: faust.App, **_: Any) -> None:
         # Runs in `studystream worker` before Faust's event loop starts.
-        asyncio.run(create_internal_topics(settings, aggregator.tables, check_topic))
+        asyncio.run(create_internal_topics(settings, aggregator.tables, check))
 
     @app.agent(input_channel, concurrency=1, name="aggregate")
     async def aggregate(stream: faust.StreamT) -> None:

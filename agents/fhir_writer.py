@@ -23,13 +23,13 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from adapters.fhir_http import FhirAuthError, FhirClient, FhirHttpError
 from agents.options import mapping_options
 from app.settings import Settings
 from domain import upload as rules
 from domain.fhir_mapping import StoredStudy, build_transaction_bundle, bundle_file_name, is_newer, outdated_tags
 from domain.fhir_resources import patient_identifier
 from domain.ready import StudyReady
-from infra.fhir_http import FhirAuthError, FhirClient, FhirHttpError
 
 log = logging.getLogger(f"studystream.{__name__}")
 

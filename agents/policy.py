@@ -31,7 +31,7 @@ import faust
 from aiokafka.errors import KafkaError
 
 from domain import dead_letters
-from domain.errors import InfrastructureError, InvalidRecordError, RejectedError
+from domain.errors import InfrastructureError, InvalidRecordError, RejectedError, StudyStreamError
 from domain.study import iso_utc
 
 log = logging.getLogger(f"studystream.{__name__}")
@@ -77,7 +77,7 @@ def _exit_now() -> None:
     os._exit(STOPPED_EXIT_STATUS)
 
 
-class WorkerStopping(Exception):
+class WorkerStopping(StudyStreamError):
     """Raised into an agent after the policy stopped the worker: nothing more may be handled."""
 
 

@@ -26,16 +26,17 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from adapters.control import ControlState
+from adapters.topics import create_topics_async
 from agents.fhir_writer import Attempt, StudyWriter, UploaderMetrics
 from agents.policy import MessagePolicy, WorkerStopping
 from app.settings import Settings
+from app.topology import COMPACT, Topology
 from domain import upload as rules
 from domain.dead_letters import header_map
 from domain.errors import InvalidRecordError, RejectedError
 from domain.ready import StudyReady, decode_study_ready
 from domain.study import iso_utc
-from infra.control import ControlState
-from infra.topics import create_topics_async
 from tables.outcomes import UploadOutcomes
 
 log = logging.getLogger(f"studystream.{__name__}")
@@ -263,30 +264,29 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-async def create_uploader_topics(settings: Settings, outcomes: UploadOutcomes, due_topic: str) -> None:
+async def create_uploader_topics(settings: Settings, outcomes: UploadOutcomes, topo: Topology) -> None:
     """Create the retry, due and changelog topics with the configured partitions before Faust subscribes.
 
     Same reason as :func:`agents.aggregator.create_internal_topics`: left to Faust, a first start can
     miss them in its first metadata and fail the first table write.
     """
-    config = {"max.message.bytes": str(settings.max_message_bytes)}
     specs = [
-        (settings.topic_retry, config),
-        (due_topic, config),
-        (outcomes.changelog_topic_name(), {"cleanup.policy": "compact"}),
+        (topo.retry.name, topo.retry.config),
+        (topo.due.name, topo.due.config),
+        (outcomes.changelog_topic_name(), COMPACT),
     ]
     await create_topics_async(settings, specs)
 
 
 def register(
-    app: faust.App, uploader: StudyUploader, input_channel: faust.TopicT, retry_topic: faust.TopicT, due_topic: str
+    app: faust.App, uploader: StudyUploader, input_channel: faust.TopicT, retry_topic: faust.TopicT, topo: Topology
 ) -> None:
     """The uploader's agents (ready + due, the retry line), its timers and its metrics page on ``app``."""
     settings, policy = uploader.settings, uploader.policy
 
     @app.on_worker_init.connect
     def prepare_uploader_topics(sender: faust.App, **_: Any) -> None:
-        asyncio.run(create_uploader_topics(settings, uploader.outcomes, due_topic))
+        asyncio.run(create_uploader_topics(settings, uploader.outcomes, topo))
 
     async def each_message(stream: faust.StreamT, stage: str, handle: Callable[[Any], Awaitable[None]]) -> None:
         """One message at a time, held until the policy handled or dead-lettered it."""

@@ -17,19 +17,19 @@ import click
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from adapters.control import read_control_async, redrive_key, write_control_async
 from app.settings import Settings, get_settings
 from domain import dead_letters
 from domain import redrive as rules
-from infra.control import read_control_async, redrive_key, write_control_async
 
 
 def routes(settings: Settings) -> rules.Routes:
-    from app.stream_app import upload_due_topic_name
+    from app.topology import topology
 
     return rules.Routes(
         raw=settings.topic_raw,
         ready=settings.topic_ready,
-        to_ready=frozenset({settings.topic_retry, upload_due_topic_name(settings)}),
+        to_ready=frozenset({settings.topic_retry, topology(settings).due.name}),
     )
 
 

@@ -69,7 +69,7 @@ def replay(
 
     Exits 3 (changing nothing) while workers of the group are running.
     """
-    from infra import replay as infra
+    from adapters import replay as offsets
 
     settings = get_settings()
     chosen = _topic_choice(settings, topic)
@@ -78,10 +78,10 @@ def replay(
         raise rules.ReplayError(
             f"--reset-state rebuilds the aggregator's state: use it with --topic {settings.topic_raw}"
         )
-    prepared = asyncio.run(infra.prepare(settings, chosen, target, reset_state))
+    prepared = asyncio.run(offsets.prepare(settings, chosen, target, reset_state))
     fence_uploads = chosen == settings.topic_ready
     _show_plan(prepared, chosen, fence_uploads)
-    refused = infra.refusal(prepared)
+    refused = offsets.refusal(prepared)
     if dry_run:
         if refused:
             click.echo(f"Note: the replay itself would be refused now: {refused}")
@@ -95,7 +95,7 @@ def replay(
         return
     if not yes:
         click.confirm("Apply these offsets?", abort=True)
-    _show_done(asyncio.run(infra.execute(settings, prepared, fence_uploads=fence_uploads)))
+    _show_done(asyncio.run(offsets.execute(settings, prepared, fence_uploads=fence_uploads)))
 
 
 def _show_plan(prepared: Any, topic: str, fence_uploads: bool) -> None:

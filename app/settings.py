@@ -362,10 +362,6 @@ class Settings(DicomSettings):
         """Path of the FHIR base URL (``/fhir`` by default)."""
         return urlsplit(self.fhir_base_url).path or "/"
 
-    @property
-    def topics(self) -> tuple[str, str, str]:
-        return (self.topic_raw, self.topic_ready, self.topic_dlq)
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -16,12 +16,13 @@ from typing import Any
 
 import faust
 
+from adapters.control import ControlState
 from agents import aggregator as aggregator_agent
 from agents import uploader as uploader_agent
 from agents.policy import DeadLetterWriter, MessagePolicy
 from agents.watchdog import InputWatchdog
 from app.settings import Settings, get_settings
-from infra.control import ControlState
+from app.topology import topology
 from tables.outcomes import UploadOutcomes
 from tables.store import TableStore
 from tables.studies import StudyTables
@@ -112,14 +113,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     )
 
 
-def study_check_topic_name(settings: Settings) -> str:
-    return f"{settings.app_id}-study-check"
-
-
-def upload_due_topic_name(settings: Settings) -> str:
-    return f"{settings.app_id}-upload-due"
-
-
 def declare_aggregator_channels(app: faust.App, settings: Settings) -> tuple[faust.TopicT, faust.TopicT]:
     """The completeness timer's command topic, and the aggregator's input: imaging.raw + that topic.
 
@@ -127,7 +120,7 @@ def declare_aggregator_channels(app: faust.App, settings: Settings) -> tuple[fau
     imaging.raw; the aggregator agent (the only writer) reads both through one channel, so one task
     handles every message of a study in order. Internal: Faust creates the check topic itself.
     """
-    check = study_check_topic_name(settings)
+    check = topology(settings).check.name
     return (
         _topic(app, settings, check, internal=True),
         _topic(app, settings, settings.topic_raw, check, internal=True),
@@ -135,7 +128,7 @@ def declare_aggregator_channels(app: faust.App, settings: Settings) -> tuple[fau
 
 
 def declare_uploader_channels(app: faust.App, settings: Settings) -> UploaderChannels:
-    due = upload_due_topic_name(settings)
+    due = topology(settings).due.name
     return UploaderChannels(
         retry=_topic(app, settings, settings.topic_retry),
         due=_topic(app, settings, due, internal=True),
@@ -161,16 +154,11 @@ def build_worker(settings: Settings, control: ControlState) -> Worker:
     )
     uploader = uploader_agent.StudyUploader(app, settings, outcomes, channels.retry, channels.due, policy, control)
     web = views.StudyWeb(app, settings, tables, outcomes, aggregator.counters, dead_letters, policy, uploader)
-    aggregator_agent.register(app, aggregator, aggregator_input, study_check_topic_name(settings))
-    uploader_agent.register(app, uploader, channels.input, channels.retry, upload_due_topic_name(settings))
+    topo = topology(settings)
+    aggregator_agent.register(app, aggregator, aggregator_input, topo.check)
+    uploader_agent.register(app, uploader, channels.input, channels.retry, topo)
     views.register(app, web)
-    watchdog = InputWatchdog(
-        app,
-        [settings.topic_raw, study_check_topic_name(settings), settings.topic_ready, settings.topic_retry,
-         upload_due_topic_name(settings)],
-        policy.handled,
-        settings.aggregator_stall_timeout,
-    )  # fmt: skip
+    watchdog = InputWatchdog(app, topo.worker_inputs, policy.handled, settings.aggregator_stall_timeout)
     register_watchdog(app, watchdog, policy)
     register_quiet_logging(app)
     return Worker(settings, control, app, topics, policy, tables, outcomes, aggregator, uploader, web)
@@ -207,7 +195,7 @@ def default_worker() -> Worker:
     """The worker of the process-wide settings, with the state generation read from Kafka (built once)."""
     global _built
     if _built is None:
-        from infra.control import read_control
+        from adapters.control import read_control
 
         settings = get_settings()
         _built = build_worker(settings, read_control(settings))

@@ -34,10 +34,10 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None)
         return
     from aiokafka.errors import KafkaError
 
+    from adapters.control import read_control
+    from adapters.topics import ensure_topics
     from app.stream_app import build_worker
     from domain.errors import ConfigurationError
-    from infra.control import read_control
-    from infra.topics import ensure_topics
 
     try:
         ensure_topics(settings)

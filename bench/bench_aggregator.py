@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.settings import Settings
+from app.topology import topology
 from domain.events import InstanceEvent, encode_instance_event
 from domain.ready import decode_study_ready
 
@@ -93,7 +94,10 @@ async def create_topics(settings: Settings) -> None:
     await admin.start()
     try:
         config = {"max.message.bytes": str(settings.max_message_bytes)}
-        topics = [NewTopic(n, settings.topic_partitions, 1, topic_configs=config) for n in settings.topics]
+        topics = [
+            NewTopic(n, settings.topic_partitions, 1, topic_configs=config)
+            for n in (d.name for d in topology(settings).public)
+        ]
         await admin.create_topics(topics)
     finally:
         await admin.close()

@@ -86,7 +86,7 @@ class BatchState:
 
 
 def apply_event(
-    batch: BatchState, event: InstanceEvent, at: rules.Reception, max_instances: int
+    batch: BatchState, event: InstanceEvent, at: rules.Arrival, max_instances: int
 ) -> rules.StudyUpdate | None:
     """Apply one instance event to the batch; ``None`` when it changes nothing (a repeat).
 

@@ -51,7 +51,3 @@ class RejectedError(StudyStreamError):
 
 class InfrastructureError(StudyStreamError):
     """Something the record cannot help: the broker, the disk, the table store. The message is not committed."""
-
-
-class StackError(StudyStreamError):
-    """The local Kafka/HAPI stack could not be fetched, started, or stopped."""

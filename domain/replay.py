@@ -1,6 +1,6 @@
 """The pure half of ``studystream replay``: parse the target, plan new offsets per partition, render the plan.
 
-No Kafka here: :mod:`infra.replay` reads the broker's offsets into :class:`PartitionOffsets`, asks
+No Kafka here: :mod:`adapters.replay` reads the broker's offsets into :class:`PartitionOffsets`, asks
 :func:`plan_replay` what to commit, and commits it. Offsets follow Kafka's convention: a committed
 offset is the NEXT record the group will read.
 

@@ -32,10 +32,10 @@ from domain.patient import IdentityOptions
 from domain.study_state import (
     DEFAULT_IDENTITY,
     PATIENT_CONFLICT,
+    Arrival,
     InstanceInfo,
     PatientInfo,
     PatientSeen,
-    Reception,
     SeriesInfo,
     StudyHeader,
     StudyStatus,
@@ -169,7 +169,7 @@ def apply_instance(
     known_series: SeriesInfo | None,
     known_instance: InstanceInfo | None,
     event: InstanceEvent,
-    at: Reception,
+    at: Arrival,
     identity: IdentityOptions = DEFAULT_IDENTITY,
 ) -> StudyUpdate:
     """Apply one instance event to what is stored for its study, series and SOP Instance UID.
@@ -237,7 +237,7 @@ def _nothing_new(
     )
 
 
-def _series_to_write(known: SeriesInfo | None, event: InstanceEvent, at: Reception) -> SeriesInfo | None:
+def _series_to_write(known: SeriesInfo | None, event: InstanceEvent, at: Arrival) -> SeriesInfo | None:
     """The series row after one more instance; ``None`` when the stored one stays as it is."""
     if known is None:
         return series_from_event(event, first_offset=at.offset, event_time=at.event_time)
@@ -245,7 +245,7 @@ def _series_to_write(known: SeriesInfo | None, event: InstanceEvent, at: Recepti
     return merged if merged is not known else None
 
 
-def _clocks(header: StudyHeader, at: Reception, received: str) -> dict[str, Any]:
+def _clocks(header: StudyHeader, at: Arrival, received: str) -> dict[str, Any]:
     """First and last receipt after one more instance (``received`` is its event time as ISO text);
     an instance older than the latest (out of order) moves only the first receipt."""
     first_received = header.first_received
@@ -317,7 +317,7 @@ def _repair(
     known_series: SeriesInfo | None,
     known_instance: InstanceInfo | None,
     event: InstanceEvent,
-    at: Reception,
+    at: Arrival,
     identity: IdentityOptions = DEFAULT_IDENTITY,
 ) -> StudyUpdate:
     """A record the header already reflects: write back its rows if they went missing, count nothing.

@@ -167,7 +167,7 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     ready_now: bool = False  # a resolution decided the open revision: ready without a quiet period
 
 
-class Reception(msgspec.Struct, frozen=True, gc=False):
+class Arrival(msgspec.Struct, frozen=True, gc=False):
     """When and where the aggregator saw an event: clocks are epoch seconds, ``offset`` its imaging.raw offset."""
 
     wall_time: float

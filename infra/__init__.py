@@ -1,1 +1,1 @@
-"""The local stack (Kafka + HAPI FHIR started from Maven Central artifacts) and Kafka topic administration."""
+"""The local development stack: Kafka and HAPI FHIR fetched from Maven Central and run as processes."""

@@ -30,12 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings
-from domain.errors import StackError
+from domain.errors import StudyStreamError
 from infra import processes
 from infra.processes import ManagedProcess
 
 INFRA_DIR = Path(__file__).resolve().parent
 SERVICES = ("kafka", "fhir")
+
+
+class StackError(StudyStreamError):
+    """The local Kafka/HAPI stack could not be fetched, started, or stopped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +412,7 @@ def up(
     for service in services:
         _wait_healthy(settings, service)
     if "kafka" in services:
-        from infra.topics import ensure_topics
+        from adapters.topics import ensure_topics
 
         created = ensure_topics(settings)
         if created:

@@ -12,6 +12,8 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from pynetdicom.dsutils import encode
 
+from domain.errors import StudyStreamError
+
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP = 0x0100, 0x8100
@@ -24,7 +26,7 @@ MAX_COMMAND_BYTES = 64 * 1024
 _GROUP_LENGTH = Tag(0x0000, 0x0000)
 
 
-class CommandError(Exception):
+class CommandError(StudyStreamError):
     """A command set that does not decode, or lacks what its command needs."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from domain.errors import StudyStreamError
 from domain.events import InstanceEvent, encode_instance_event
 from scp.storage import fsync_path
 
@@ -39,7 +40,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 )
 """
-
 
 _QUARANTINE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -91,7 +91,7 @@ class _Waiting:
     error: BaseException | None = None
 
 
-class OutboxInUse(RuntimeError):
+class OutboxInUse(StudyStreamError):
     """Another process holds this outbox."""
 
 

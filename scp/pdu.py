@@ -13,6 +13,8 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from domain.errors import StudyStreamError
+
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x01, 0x02, 0x03, 0x04
 A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x05, 0x06, 0x07
 KNOWN_TYPES = frozenset(range(1, 8))
@@ -25,7 +27,7 @@ REASON_NOT_SPECIFIED, UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x00, 0x01, 0x02
 UNRECOGNIZED_PARAMETER, UNEXPECTED_PARAMETER, INVALID_PARAMETER = 0x04, 0x05, 0x06
 
 
-class ProtocolError(Exception):
+class ProtocolError(StudyStreamError):
     """The peer broke the protocol: the association is aborted with this A-P-ABORT reason."""
 
     def __init__(self, message: str, reason: int = INVALID_PARAMETER) -> None:
@@ -33,7 +35,7 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-class PeerGone(Exception):
+class PeerGone(StudyStreamError):
     """The connection closed, was reset, or went silent past its timeout."""
 
 

@@ -27,8 +27,8 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
+from adapters.topics import ensure_topics_async
 from app.settings import Settings
-from infra.topics import ensure_topics_async
 from scp.metrics import ReceiverMetrics
 from scp.outbox import Outbox, OutboxEntry
 

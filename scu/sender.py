@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance, Verification
 from pynetdicom.status import code_to_category
@@ -31,6 +30,7 @@ from app.settings import Settings
 from domain import statuses
 from scu import commitment
 from scu.errors import AssociationFailed
+from scu.pynetdicom_hooks import ParkedCheckpoint, park_reactor, use_chunked_send
 from scu.scan import (
     MAX_CONTEXTS_PER_ASSOCIATION,
     AssociationPlan,
@@ -147,45 +147,6 @@ def _on_commitment_report(event: evt.Event, waiter: commitment.ReportWaiter) -> 
     return 0x0000, None
 
 
-class _ParkedCheckpoint(threading.Event):
-    """Keeps a requestor's reactor thread parked while this thread runs the DIMSE exchanges.
-
-    pynetdicom 3.0 pauses the association reactor around each ``send_c_store`` with a flag check that
-    races: a reactor that passed its checkpoint just before the pause can take the C-STORE-RSP off the
-    DIMSE queue ("Received unexpected C-STORE service message"), and the sender then waits for the full
-    DIMSE timeout. Against a fast peer (storescp, TCP_NODELAY) that hit about one association in five
-    of 400 instances. Parked on this checkpoint the reactor cannot run; ``send_c_store``'s own
-    ``set()`` is ignored until :meth:`release` lets it go (needed for N-EVENT-REPORTs and release).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parked = threading.Event()
-        self._holding = True
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._holding:
-            self.parked.set()
-        return super().wait(timeout)
-
-    def set(self) -> None:
-        if not self._holding:
-            super().set()
-
-    def release(self) -> None:
-        self._holding = False
-        super().set()
-
-
-def _park_reactor(assoc: Association, timeout: float) -> _ParkedCheckpoint:
-    # Done before any request is sent, so a reactor still finishing its last round has nothing to steal.
-    checkpoint = _ParkedCheckpoint()
-    assoc._reactor_checkpoint = checkpoint
-    if not checkpoint.parked.wait(timeout):
-        raise AssociationFailed("association reactor did not pause")
-    return checkpoint
-
-
 def _outcome(instance: InstanceFile, stored: bool, status: int | None, reason: str) -> InstanceOutcome:
     return InstanceOutcome(
         str(instance.path), instance.sop_class_uid, instance.sop_instance_uid, instance.size, stored, status, reason
@@ -281,9 +242,9 @@ def _send_plan(
             attempt += 1
             continue
         result.associations += 1
-        checkpoint: _ParkedCheckpoint | None = None
+        checkpoint: ParkedCheckpoint | None = None
         try:
-            checkpoint = _park_reactor(assoc, policy.acse_timeout)
+            checkpoint = park_reactor(assoc, policy.acse_timeout)
             remaining = _store_all(assoc, remaining, result, progress)
             if not remaining and commit:
                 stored = [outcome for outcome in result.outcomes if outcome.stored]
@@ -332,7 +293,7 @@ def _request_commitment(
     policy: SendPolicy,
     stored: list[InstanceOutcome],
     waiter: commitment.ReportWaiter | None,
-    checkpoint: _ParkedCheckpoint,
+    checkpoint: ParkedCheckpoint,
 ) -> str:
     if waiter is None or not any(cx.abstract_syntax == StorageCommitmentPushModel for cx in assoc.accepted_contexts):
         return "not supported by the peer"
@@ -365,7 +326,7 @@ def send_study(
     study: StudyBatch, peer: Peer, policy: SendPolicy, progress: ProgressCallback = _ignore_progress
 ) -> StudyResult:
     """Send every instance of one study; never raises for network or peer trouble (it is in the result)."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    use_chunked_send()
     started = time.monotonic()
     result = StudyResult(study.study_uid)
     plans = plan_associations(study, policy.contexts_per_association)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
+from app.topology import topology
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +110,7 @@ def pipeline_settings(kafka: Settings, kind: str, tmp: Path, **overrides: object
 
 
 async def create_test_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
-    """Create a test's own topics (``settings.topics`` by default), which must not exist yet.
+    """Create a test's own topics (the public topics of app.topology by default), which must not exist yet.
 
     No metadata lookup first: it would make a broker with auto.create.topics.enable create them with
     its default partition count; the worker's own ensure_topics call then finds them already right.
@@ -121,7 +122,10 @@ async def create_test_topics(settings: Settings, names: Sequence[str] | None = N
     try:
         config = {"max.message.bytes": str(settings.max_message_bytes)}
         response = await admin.create_topics(
-            [NewTopic(name, settings.topic_partitions, 1, topic_configs=config) for name in names or settings.topics]
+            [
+                NewTopic(name, settings.topic_partitions, 1, topic_configs=config)
+                for name in names or [d.name for d in topology(settings).public]
+            ]
         )
         assert all(code == 0 for _, code, *_ in response.topic_errors), response
     finally:

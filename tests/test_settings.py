@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import ENV_PREFIX, Settings
+from app.topology import topology
 from tests.conftest import ROOT
 
 
@@ -15,7 +16,7 @@ def test_defaults(isolated_env: Path) -> None:
     assert settings.broker_url == "kafka://localhost:9092"
     assert settings.bootstrap_servers == ["localhost:9092"]
     assert settings.fhir_base_url == "http://localhost:8080/fhir"
-    assert settings.topics == ("imaging.raw", "imaging.study.ready", "imaging.dlq")
+    assert [d.name for d in topology(settings).public] == ["imaging.raw", "imaging.study.ready", "imaging.dlq"]
     assert settings.topic_partitions == 8
     assert settings.quiet_period == 30.0
     assert settings.ae_title == "STUDYSTREAM"

@@ -10,12 +10,12 @@ import httpx
 import orjson
 import pytest
 
+from adapters.fhir_http import FhirClient
 from agents.fhir_writer import StudyWriter, UploaderMetrics
 from agents.uploader import prune_bundles
 from app.settings import Settings
 from domain.fhir_mapping import MappingOptions
 from domain.upload import Action, Verdict
-from infra.fhir_http import FhirClient
 from tests.factories import make_ready
 
 SEARCHSET = {"resourceType": "Bundle", "type": "searchset"}

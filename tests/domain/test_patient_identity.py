@@ -41,7 +41,7 @@ class Study:
     def apply(self, event: InstanceEvent, event_time: float | None = None) -> None:
         self.offset += 1
         batch = self._batch()
-        at = rules.Reception(1000.0 + self.offset, event_time or 1000.0 + self.offset, PARTITION, self.offset)
+        at = rules.Arrival(1000.0 + self.offset, event_time or 1000.0 + self.offset, PARTITION, self.offset)
         apply_event(batch, event, at, max_instances=1000)
         self._write(batch)
 

@@ -135,9 +135,9 @@ def _aggregate(raw: bytes, key: bytes) -> None:
     rules.check_key(record, key)
     tables = MemoryTables()
     batch = BatchState(tables)
-    seed = rules.Reception(1000.0, 1000.0, 0, 0)
+    seed = rules.Arrival(1000.0, 1000.0, 0, 0)
     apply_event(batch, VALID_EVENT, seed, max_instances=10)  # the study exists, so the record meets real state
-    at = rules.Reception(1001.0, event_time_of(record, None, 1001.0), 0, 1)  # type: ignore[arg-type]
+    at = rules.Arrival(1001.0, event_time_of(record, None, 1001.0), 0, 1)  # type: ignore[arg-type]
     if isinstance(record, CommitmentRequest):
         apply_commitment(batch, record, 0, 1)
     else:

@@ -16,7 +16,7 @@ from domain.batch import BatchState, apply_commitment, apply_event
 from domain.errors import InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent
 from domain.study import (
-    Reception,
+    Arrival,
     StudyStatus,
     apply_instance,
     check_key,
@@ -82,7 +82,7 @@ def run_batch(tables: MemoryTables, records: Iterable[Record], wall: float = 100
     """Apply a batch as the agent does; returns its writes (not applied to ``tables``)."""
     batch = BatchState(tables)
     for offset, record in records:
-        at = Reception(wall + offset, wall + offset, PARTITION, offset)
+        at = Arrival(wall + offset, wall + offset, PARTITION, offset)
         if isinstance(record, CommitmentRequest):
             apply_commitment(batch, record, PARTITION, offset)
         else:
@@ -121,7 +121,7 @@ class MemoryStudy:
 
     def apply(self, event: InstanceEvent, wall: float = 1000.0, event_time: float | None = None) -> rules.StudyUpdate:
         self.offset += 1
-        at = Reception(wall, wall if event_time is None else event_time, PARTITION, self.offset)
+        at = Arrival(wall, wall if event_time is None else event_time, PARTITION, self.offset)
         update = apply_instance(
             self.header, self.series.get(event.series_uid), self.instances.get(event.sop_instance_uid), event, at
         )

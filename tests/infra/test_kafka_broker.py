@@ -7,8 +7,8 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from adapters.topics import ensure_topics_async
 from app.settings import Settings
-from infra.topics import ensure_topics_async
 
 
 async def test_produce_and_consume_on_a_unique_topic(kafka: Settings, unique: str) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from adapters.control import decode_generation, encode_generation
 from domain.replay import (
     PartitionOffsets,
     ReplayError,
@@ -19,7 +20,6 @@ from domain.replay import (
     plan_replay,
     render_plan,
 )
-from infra.control import decode_generation, encode_generation
 
 TOPIC = "imaging.raw"
 

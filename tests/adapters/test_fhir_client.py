@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from adapters.fhir_http import FhirAuthError, FhirClient, client_assertion
 from app.settings import Settings
 from domain.fhir_mapping import MappingOptions
-from infra.fhir_http import FhirAuthError, FhirClient, client_assertion
 
 # --- Authentication ------------------------------------------------------------------------------
 

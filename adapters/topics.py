@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from app.settings import Settings
+from app.topology import topology
 from domain.errors import ConfigurationError
 
 TopicSpec = tuple[str, Mapping[str, str]]
@@ -62,8 +63,10 @@ async def _wait_until_led(admin: AIOKafkaAdminClient, names: Sequence[str], time
 
 
 async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics must have the right partitions."""
-    wanted = list(names if names is not None else settings.topics)
+    """Create the missing topics (by default the public ones of :mod:`app.topology`, each with its declared
+    configuration); return the names created. Existing topics must have the right partitions."""
+    declared = topology(settings)
+    wanted = list(names if names is not None else (d.name for d in declared.public))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
@@ -84,8 +87,9 @@ async def ensure_topics_async(settings: Settings, names: Iterable[str] | None = 
         await admin.close()
     missing = [name for name in wanted if name not in existing]
     if missing:
-        config = {"max.message.bytes": str(settings.max_message_bytes)}
-        await create_topics_async(settings, [(name, config) for name in missing])
+        configs = {d.name: d.config for d in (declared.raw, declared.ready, declared.dlq, declared.retry, declared.due)}
+        default = declared.raw.config  # a topic of the caller's own (tests): sized like the public ones
+        await create_topics_async(settings, [(name, configs.get(name, default)) for name in missing])
     return missing
 
 

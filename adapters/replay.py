@@ -19,10 +19,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from adapters.control import read_control_async, read_generation_async, write_generation_async, write_ready_replay_async
 from app.settings import Settings
 from domain import replay as rules
 from domain.errors import StudyStreamError
-from infra.control import read_control_async, read_generation_async, write_generation_async, write_ready_replay_async
 
 COMMIT_METADATA = "studystream replay"
 
@@ -167,7 +167,7 @@ async def commit_offsets(settings: Settings, group_id: str, commits: dict[tuple[
 
 
 async def fence_ready_replay(settings: Settings, prepared: Prepared) -> dict[int, int]:
-    """Tell the uploader which ready records the replay re-reads (see :mod:`infra.control`); return the fence.
+    """Tell the uploader which ready records the replay re-reads (see :mod:`adapters.control`); return the fence.
 
     The uploader skips a revision its outcomes table records as published; a re-read record must be
     checked against the FHIR server instead (it may have been restored from a backup). The fence

@@ -33,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from app.settings import Settings
+from app.topology import topology
 from domain.errors import ConfigurationError
 
 FIRST_GENERATION = 1
@@ -149,8 +150,9 @@ async def write_control_async(settings: Settings, key: bytes, value: bytes) -> N
     await admin.start()
     try:
         if settings.topic_control not in await admin.list_topics():
+            control = topology(settings).control
             response = await admin.create_topics(
-                [NewTopic(settings.topic_control, 1, 1, topic_configs={"cleanup.policy": "compact"})]
+                [NewTopic(control.name, control.partitions, 1, topic_configs=dict(control.config))]
             )
             for name, code, *rest in response.topic_errors:
                 if code not in (0, TopicAlreadyExistsError.errno):
