@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pydicom.charset import TEXT_VR_DELIMS
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
 
 from domain.dicom_text import clean_person_name, clean_text, decode_person_name, decode_value
@@ -90,7 +92,8 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
     uids: dict[str, str] = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         try:
-            value = str(ds.get(keyword, "") or "").strip()
+            element = ds.get(_tag(keyword))
+            value = str((element.value if element is not None else "") or "").strip()
         except _VALUE_ERRORS as exc:
             raise InstanceRejected("malformed_uid", f"{keyword} unreadable ({type(exc).__name__})") from None
         if not value:
@@ -145,13 +148,25 @@ class EventLimits:
     unbounded_chars: int = 10240  # UT, UC, UR and unknown VRs
 
 
+@lru_cache(maxsize=512)
+def _tag(keyword: str) -> BaseTag:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return Tag(tag)
+
+
 def _raw(ds: Dataset, keyword: str) -> Any:
+    """The value of ``keyword`` in ``ds`` (``None`` when absent or unreadable). By tag: pydicom's keyword
+    lookup (``ds.get(keyword)``) costs as much again as reading the value."""
     try:
-        return ds.get(keyword)
+        element = ds.get(_tag(keyword))
+        return None if element is None else element.value
     except _VALUE_ERRORS:
         return None
 
 
+@lru_cache(maxsize=512)
 def _vr(keyword: str) -> str:
     try:
         return dictionary_VR(keyword)

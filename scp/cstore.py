@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -58,6 +59,34 @@ class StoreLimits:
     event: EventLimits
 
 
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    """One File Meta element (group 0002), explicit VR little endian."""
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, implementation: str, version: str) -> bytes:
+    """The File Meta Information group of a staged file, encoded by hand: pydicom's writer took longer
+    per C-STORE than staging the dataset itself. Non-ASCII UIDs raise (the C-STORE is refused)."""
+    body = b"".join(
+        (
+            _explicit(0x0001, b"OB", b"\x00\x01"),
+            _explicit(0x0002, b"UI", _padded(sop_class, b"\0")),
+            _explicit(0x0003, b"UI", _padded(sop_instance, b"\0")),
+            _explicit(0x0010, b"UI", _padded(transfer_syntax, b"\0")),
+            _explicit(0x0012, b"UI", _padded(implementation, b"\0")),
+            _explicit(0x0013, b"SH", _padded(version, b" ")),
+        )
+    )
+    return _explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
 class StagedInstance:
     """The temporary file one C-STORE's dataset streams into (see the module doc)."""
 
@@ -80,17 +109,10 @@ class StagedInstance:
             self.refused = StoreRefused("disk_full", f"{free} bytes free, the floor is {limits.min_free_bytes}")
             return
         try:
-            fd, name = tempfile.mkstemp(dir=store.incoming, suffix=".dcm")
-            self.path = Path(name)
+            fd, self.path = store.new_staged_file()
             self._file = os.fdopen(fd, "wb")
-            meta = create_file_meta(
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
-                transfer_syntax=transfer_syntax,
-                implementation_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version=IMPLEMENTATION_VERSION,
-            )
-            self._write(b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
+            meta = file_meta(sop_class, sop_instance, transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)
+            self._write(b"\x00" * 128 + b"DICM" + meta)
         except OSError as exc:
             self._fail(StoreRefused("storage_error", f"cannot stage: {exc.strerror}"))
         except Exception as exc:  # noqa: BLE001 - the request's UIDs did not encode as File Meta

@@ -5,6 +5,7 @@ Pure: the association (:mod:`scp.association`) reassembles the command fragments
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 
 from pydicom.dataset import Dataset
@@ -58,6 +59,20 @@ def has_dataset(command: Dataset) -> bool:
     return int(command.get("CommandDataSetType", NO_DATASET)) != NO_DATASET
 
 
+def _implicit(element: int, value: bytes) -> bytes:
+    """One command element (group 0000), implicit VR little endian."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
 def response(
     field: int,
     request: Dataset,
@@ -67,30 +82,34 @@ def response(
     sop_instance: str | None = None,
     with_dataset: bool = False,
 ) -> bytes:
-    """The response to ``request`` (its Message ID) with ``status``."""
-    rsp = Dataset()
-    rsp.set_original_encoding(True, True)
+    """The response to ``request`` (its Message ID) with ``status``.
+
+    Encoded by hand (seven fixed elements in tag order): pydicom's writer cost more per C-STORE than
+    the rest of the response path together.
+    """
     cls = (
         sop_class
         if sop_class is not None
         else request.get("AffectedSOPClassUID") or request.get("RequestedSOPClassUID")
     )
-    if cls:
-        rsp.AffectedSOPClassUID = cls
-    rsp.CommandField = field
-    rsp.MessageIDBeingRespondedTo = int(request.get("MessageID", 0))
-    rsp.CommandDataSetType = WITH_DATASET if with_dataset else NO_DATASET
-    rsp.Status = status
     instance = (
         sop_instance
         if sop_instance is not None
         else request.get("AffectedSOPInstanceUID") or request.get("RequestedSOPInstanceUID")
     )
+    parts = [_implicit(0x0002, _uid(str(cls)))] if cls else []
+    parts += [
+        _implicit(0x0100, _us(field)),
+        _implicit(0x0120, _us(int(request.get("MessageID", 0)))),
+        _implicit(0x0800, _us(WITH_DATASET if with_dataset else NO_DATASET)),
+        _implicit(0x0900, _us(status)),
+    ]
     if instance:
-        rsp.AffectedSOPInstanceUID = instance
+        parts.append(_implicit(0x1000, _uid(str(instance))))
     if field == N_ACTION_RSP and "ActionTypeID" in request and status == 0:
-        rsp.ActionTypeID = request.ActionTypeID
-    return encode_command(rsp)
+        parts.append(_implicit(0x1008, _us(int(request.ActionTypeID))))
+    body = b"".join(parts)
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
 
 
 def event_report_request(message_id: int, sop_class: str, sop_instance: str, event_type: int) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -73,6 +74,7 @@ class InstanceStore:
         self.root = root
         self.fsync = fsync
         self.incoming = root / ".incoming" / slot
+        self._staged_names = itertools.count()
         self._sync_pool = ThreadPoolExecutor(max_workers=sync_threads, thread_name_prefix="receiver-fsync")
         # One lock per SOP Instance UID stripe: two associations storing the same instance at once must
         # not interleave their duplicate check and rename. Threads of this process take the stripe's
@@ -99,6 +101,19 @@ class InstanceStore:
                 yield time.time_ns()
             finally:
                 fcntl.lockf(self._lock_file, fcntl.LOCK_UN, 1, offset)
+
+    def new_staged_file(self) -> tuple[int, Path]:
+        """A new empty file in this slot's incoming directory, open for writing: (descriptor, path).
+
+        Named by process and counter rather than ``tempfile.mkstemp``'s random names (a tenth of the
+        event loop's time per C-STORE); ``O_EXCL`` still guarantees a fresh file.
+        """
+        while True:
+            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}.dcm"
+            try:
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+            except FileExistsError:
+                continue
 
     def prepare(self) -> int:
         """Create the directories; delete temporary files a crashed run left behind. Returns how many.

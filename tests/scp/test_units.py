@@ -8,14 +8,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_file_meta_info
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from app.settings import Settings
 from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect, person_name
 from domain.events import InstanceEvent, decode_instance_event, encode_instance_event
+from scp import dimse
+from scp.cstore import file_meta
 from scp.negotiation import CallingAllowlist
 from scp.outbox import Outbox, OutboxInUse
 from scp.receiver import adopt_orphan_outboxes, outbox_path, slot_of_outbox
@@ -232,3 +237,58 @@ def test_calling_allowlist_with_and_without_host() -> None:
     assert not allowlist.allows("PACS", "10.0.0.6")
     assert not allowlist.allows("OTHER", "10.0.0.5")
     assert CallingAllowlist.parse("").allows("ANY", "anywhere")
+
+
+_UIDS = st.from_regex(r"\A[12](\.[1-9][0-9]{0,8}){1,12}\Z", fullmatch=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cls=st.none() | _UIDS,
+    inst=st.none() | _UIDS,
+    message_id=st.integers(0, 0xFFFF),
+    status=st.integers(0, 0xFFFF),
+    field=st.sampled_from([dimse.C_STORE_RSP, dimse.C_ECHO_RSP, dimse.N_ACTION_RSP, dimse.N_EVENT_REPORT_RSP]),
+    with_dataset=st.booleans(),
+)
+def test_hand_encoded_responses_are_byte_identical_to_pydicoms(
+    cls: str | None, inst: str | None, message_id: int, status: int, field: int, with_dataset: bool
+) -> None:
+    request = Dataset()
+    request.CommandField, request.MessageID, request.CommandDataSetType, request.ActionTypeID = 1, message_id, 1, 2
+    if cls:
+        request.AffectedSOPClassUID = cls
+    if inst:
+        request.AffectedSOPInstanceUID = inst
+    expected = Dataset()
+    expected.set_original_encoding(True, True)
+    if cls:
+        expected.AffectedSOPClassUID = cls
+    expected.CommandField, expected.MessageIDBeingRespondedTo = field, message_id
+    expected.CommandDataSetType = dimse.WITH_DATASET if with_dataset else dimse.NO_DATASET
+    expected.Status = status
+    if inst:
+        expected.AffectedSOPInstanceUID = inst
+    if field == dimse.N_ACTION_RSP and status == 0:
+        expected.ActionTypeID = 2
+    assert dimse.response(field, request, status, with_dataset=with_dataset) == dimse.encode_command(expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cls=_UIDS, inst=_UIDS, syntax=_UIDS, implementation=_UIDS, version=st.from_regex(r"\A[A-Z0-9_]{1,16}\Z"))
+def test_hand_encoded_file_meta_is_byte_identical_to_pynetdicoms(
+    cls: str, inst: str, syntax: str, implementation: str, version: str
+) -> None:
+    reference = create_file_meta(
+        sop_class_uid=cls,
+        sop_instance_uid=inst,
+        transfer_syntax=syntax,
+        implementation_uid=implementation,
+        implementation_version=version,
+    )
+    assert file_meta(cls, inst, syntax, implementation, version) == encode_file_meta(reference)
+
+
+def test_a_non_ascii_uid_does_not_encode_as_file_meta() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        file_meta("1.2", "1.2.é", "1.2.840.10008.1.2.1", "1.2.3", "V")
