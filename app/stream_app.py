@@ -180,7 +180,7 @@ def register_quiet_logging(app: faust.App) -> None:
         """Undo the DEBUG root level Faust's worker sets for its start-up spinner at ``-l warn`` or above.
 
         With it, every aiokafka debug record (several per message produced or fetched) is built and then
-        dropped by the console handler: a tenth of the worker's CPU in the benchmark.
+        dropped by the console handler, which costs the worker real CPU.
         """
         root = logging.getLogger()
         console_levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]

@@ -8,27 +8,20 @@ to a DICOM status and counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from pydicom.charset import TEXT_VR_DELIMS
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag, Tag
-from pydicom.valuerep import PersonName
 
-from domain.dicom_text import clean_person_name, clean_text, decode_person_name, decode_value
+from domain.dicom_reader import VALUE_ERRORS, EventLimits, _int, _raw, _Reader, _tag
 from domain.errors import StudyStreamError
-from domain.events import CodedValue, InstanceEvent
+from domain.events import InstanceEvent
 from domain.uids import is_valid_uid
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # pydicom raises these on values it cannot convert (a malformed IS, an undecodable string ...)
-_VALUE_ERRORS = (ValueError, TypeError, AttributeError, LookupError, OverflowError, UnicodeError)
 
 
 class InstanceRejected(StudyStreamError):
@@ -94,7 +87,7 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
         try:
             element = ds.get(_tag(keyword))
             value = str((element.value if element is not None else "") or "").strip()
-        except _VALUE_ERRORS as exc:
+        except VALUE_ERRORS as exc:
             raise InstanceRejected("malformed_uid", f"{keyword} unreadable ({type(exc).__name__})") from None
         if not value:
             raise InstanceRejected("missing_uid", f"{keyword} missing")
@@ -119,243 +112,11 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
 
 # Maximum value lengths in characters by VR (PS3.5 table 6.2-1); PN per component group. VRs without a
 # fixed maximum (UT, UC, UR, unknown) are clipped to EventLimits.unbounded_chars.
-VR_MAX_CHARS = {
-    "AE": 16,
-    "AS": 4,
-    "CS": 16,
-    "DA": 8,
-    "DS": 16,
-    "DT": 26,
-    "IS": 12,
-    "LO": 64,
-    "LT": 10240,
-    "PN": 64,
-    "SH": 16,
-    "ST": 1024,
-    "TM": 14,
-    "UI": 64,
-}
-MULTI_LINE_VRS = frozenset({"LT", "ST", "UT"})  # text that may keep its line breaks
-_TEXT_DELIMITERS = frozenset(TEXT_VR_DELIMS)
-
-
-@dataclass(frozen=True, slots=True)
-class EventLimits:
-    """How much of a dataset an event may copy (see the ``receiver_event_*`` settings)."""
-
-    max_values: int = 64  # values of one multi-valued attribute
-    max_items: int = 64  # items of a sequence (procedure codes)
-    unbounded_chars: int = 10240  # UT, UC, UR and unknown VRs
-
-
-@lru_cache(maxsize=512)
-def _tag(keyword: str) -> BaseTag:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise KeyError(keyword)
-    return Tag(tag)
-
-
-def _raw(ds: Dataset, keyword: str) -> Any:
-    """The value of ``keyword`` in ``ds`` (``None`` when absent or unreadable). By tag: pydicom's keyword
-    lookup (``ds.get(keyword)``) costs as much again as reading the value."""
-    try:
-        element = ds.get(_tag(keyword))
-        return None if element is None else element.value
-    except _VALUE_ERRORS:
-        return None
-
-
-@lru_cache(maxsize=512)
-def _vr(keyword: str) -> str:
-    try:
-        return dictionary_VR(keyword)
-    except KeyError:
-        return ""
-
-
-def _max_chars(keyword: str, limits: EventLimits) -> int:
-    return VR_MAX_CHARS.get(_vr(keyword), limits.unbounded_chars)
-
-
-def _encodings(ds: Dataset) -> list[str]:
-    try:
-        encodings = ds._character_set  # the item's own, else its parent's: as pydicom decodes it
-    except _VALUE_ERRORS:
-        return []
-    return [encodings] if isinstance(encodings, str) else list(encodings or ())
-
-
-def _undeclared_escapes(ds: Dataset, keyword: str) -> str | None:
-    """A text value carrying ISO 2022 escapes its SpecificCharacterSet did not declare, decoded by them; else None.
-
-    Read from the element's bytes before pydicom converts it (the converted text keeps the escapes).
-    """
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    try:
-        element = ds.get_item(tag, keep_deferred=True)
-    except _VALUE_ERRORS:
-        return None
-    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes) or b"\x1b" not in element.value:
-        return None
-    text, undeclared = decode_value(element.value, _encodings(ds), _TEXT_DELIMITERS)
-    return text if undeclared else None
-
-
-class _Reader:
-    """Reads the attributes an event copies, each cleaned and clipped to its VR's length; remembers what it did."""
-
-    def __init__(self, limits: EventLimits) -> None:
-        self.limits = limits
-        self.clipped: list[str] = []
-        self.repaired: list[str] = []  # attributes decoded by character sets their dataset did not declare
-
-    def _repair(self, where: str) -> None:
-        if where not in self.repaired:
-            self.repaired.append(where)
-
-    def _clip(self, text: str, keyword: str, where: str, per_group: bool = False) -> str:
-        limit = _max_chars(keyword, self.limits)
-        if per_group:
-            groups = text.split("=")
-            clipped = "=".join(group[:limit] for group in groups[:3])
-            changed = clipped != text
-        else:
-            clipped = text[:limit]
-            changed = len(text) > limit
-        if changed and where not in self.clipped:
-            self.clipped.append(where)
-        return clipped
-
-    def _values(self, value: Any, where: str) -> list[Any]:
-        values = list(value)
-        if len(values) > self.limits.max_values:
-            if where not in self.clipped:
-                self.clipped.append(where)
-            values = values[: self.limits.max_values]
-        return values
-
-    def text(self, ds: Dataset | None, keyword: str, where: str = "") -> str:
-        where = where or keyword
-        if ds is None:
-            return ""
-        vr = _vr(keyword)
-        if vr == "PN":
-            return self.names(ds, keyword)
-        single_line = vr not in MULTI_LINE_VRS
-        redecoded = _undeclared_escapes(ds, keyword)
-        if redecoded is not None:
-            self._repair(where)
-            return self._clip(clean_text(redecoded, single_line), keyword, where)
-        value = _raw(ds, keyword)
-        if value is None:
-            return ""
-        if isinstance(value, PersonName):
-            return self._clip(self._person_name(value, where), keyword, where, per_group=True)
-        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-            return self._clip(clean_text(str(value), single_line), keyword, where)
-        return "\\".join(
-            self._clip(clean_text(str(item), single_line), keyword, where) for item in self._values(value, where)
-        )
-
-    def _person_name(self, value: PersonName | str, where: str) -> str:
-        if isinstance(value, PersonName) and isinstance(value.original_string, bytes):
-            text, undeclared = decode_person_name(value.original_string, value.encodings or ())
-            if undeclared:
-                self._repair(where)
-            return text
-        return person_name(value)
-
-    def names(self, ds: Dataset, keyword: str) -> str:
-        values = self._raw_person_names(ds, keyword)
-        if values is None:
-            value = _raw(ds, keyword)
-            if value is None:
-                return ""
-            items = [value] if isinstance(value, PersonName | str) else self._values(value, keyword)
-            values = [self._person_name(item, keyword) for item in items]
-        return "\\".join(self._clip(v, keyword, keyword, per_group=True) for v in values if v)
-
-    def _raw_person_names(self, ds: Dataset, keyword: str) -> list[str] | None:
-        """A PN element's values decoded from its bytes as received, whole, then split; None once converted.
-
-        Whole: a multi-byte character may hold 0x5C, 0x3D or 0x5E, which are delimiters only in the
-        single-byte state (pydicom splits the bytes first, and keeps no faithful copy of them).
-        """
-        tag = tag_for_keyword(keyword)
-        try:
-            element = ds.get_item(tag, keep_deferred=True) if tag is not None else None
-        except _VALUE_ERRORS:
-            return None
-        if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
-            return None
-        text, undeclared = decode_value(element.value.rstrip(b" \x00"), _encodings(ds))
-        if undeclared:
-            self._repair(keyword)
-        return [clean_person_name(v) for v in self._values(text.split("\\"), keyword)]
-
-    def codes(self, ds: Dataset, keyword: str) -> tuple[CodedValue, ...]:
-        sequence = _raw(ds, keyword) or ()
-        codes = []
-        try:
-            items = list(sequence)
-        except _VALUE_ERRORS:
-            return ()
-        if len(items) > self.limits.max_items:
-            self.clipped.append(keyword)
-            items = items[: self.limits.max_items]
-        for item in items:
-            code = (
-                self.text(item, "CodeValue", f"{keyword}>CodeValue")
-                or self.text(item, "LongCodeValue", f"{keyword}>LongCodeValue")
-                or self.text(item, "URNCodeValue", f"{keyword}>URNCodeValue")
-            )
-            if code:
-                codes.append(
-                    CodedValue(
-                        code=code,
-                        scheme=self.text(item, "CodingSchemeDesignator", f"{keyword}>CodingSchemeDesignator"),
-                        meaning=self.text(item, "CodeMeaning", f"{keyword}>CodeMeaning"),
-                    )
-                )
-        return tuple(codes)
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    """An IS value as an int, or None: empty, malformed, or outside IS's signed 32-bit range."""
-    value = _raw(ds, keyword)
-    try:
-        number = int(value) if value not in (None, "") else None
-    except _VALUE_ERRORS:
-        return None
-    return number if number is None or -(2**31) <= number < 2**31 else None
-
-
-def person_name(value: PersonName | str | None) -> str:
-    """All component groups (alphabetic=ideographic=phonetic) as clean Unicode, trailing empty groups dropped.
-
-    A PersonName read from bytes is decoded whole (:func:`domain.dicom_text.decode_person_name`), not
-    from pydicom's components, which split the bytes on ``=`` before decoding.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, PersonName):
-        if isinstance(value.original_string, bytes):
-            return decode_person_name(value.original_string, value.encodings or ())[0]
-        try:
-            return clean_person_name("=".join(value.components))
-        except _VALUE_ERRORS:
-            return ""
-    return clean_person_name(str(value))
-
-
 def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
     sequence = _raw(ds, keyword)
     try:
         return sequence[0] if sequence else None
-    except _VALUE_ERRORS:
+    except VALUE_ERRORS:
         return None
 
 
@@ -390,7 +151,7 @@ def _requested(ds: Dataset, keyword: str) -> Dataset | None:
     sequence = _raw(ds, "RequestAttributesSequence")
     try:
         items = list(sequence or ())[:8]
-    except _VALUE_ERRORS:
+    except VALUE_ERRORS:
         return None
     for item in items:
         if _raw(item, keyword) not in (None, "", ()):

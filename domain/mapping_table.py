@@ -1,8 +1,9 @@
 """What each DICOM attribute becomes in FHIR: the table ``docs/mapping.md`` is rendered from.
 
-One row per attribute (or sequence item path, ``A>B``) that :mod:`domain.dicom_event` reads; a test
-fails when the event builder reads a keyword this table does not list, and when ``docs/mapping.md``
-differs from :func:`render` (``python -m app.mapping_doc --write docs/mapping.md`` regenerates it).
+One row per attribute (or sequence item path, ``A>B``) that :mod:`domain.dicom_event` and its reader
+(:mod:`domain.dicom_reader`) read; a test fails when the event builder reads a keyword this table does
+not list, and when ``docs/mapping.md`` differs from :func:`render` (``python -m app.mapping_doc --write
+docs/mapping.md`` regenerates it).
 """
 
 from __future__ import annotations

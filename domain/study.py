@@ -189,7 +189,7 @@ def apply_instance(
     if header is not None and _nothing_new(header, incoming, known_instance, counted):
         return StudyUpdate(header=header)
     series_counted = known_series is not None and _counted(header, known_series.first_offset)
-    received = iso_utc(at.event_time)  # one conversion per event: it is a tenth of this function
+    received = iso_utc(at.event_time)  # once per event: the conversion is costly next to the rest
     if header is None:
         header = StudyHeader(
             study=study_from_event(event),

@@ -16,7 +16,7 @@ ROUTING = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassU
 
 
 def keywords_read_by_event_builder() -> set[str]:
-    source = (ROOT / "domain" / "dicom_event.py").read_text()
+    source = "".join((ROOT / "domain" / name).read_text() for name in ("dicom_event.py", "dicom_reader.py"))
     literals = set(re.findall(r'"([A-Z][A-Za-z0-9]+)"', source))
     return {k for k in literals if tag_for_keyword(k) is not None}
 

@@ -17,7 +17,8 @@ from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from app.settings import Settings
-from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect, person_name
+from domain.dicom_event import InstanceRejected, Reception, check_identity, instance_event, parse_defect
+from domain.dicom_reader import person_name
 from domain.events import InstanceEvent, decode_instance_event, encode_instance_event
 from scp import dimse
 from scp.cstore import file_meta
