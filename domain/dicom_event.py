@@ -14,7 +14,7 @@ from typing import Any
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from domain.dicom_reader import VALUE_ERRORS, EventLimits, _int, _raw, _Reader, _tag
+from domain.dicom_reader import VALUE_ERRORS, BoundedReader, EventLimits, int_value, raw_value, tag_of
 from domain.errors import StudyStreamError
 from domain.events import InstanceEvent
 from domain.uids import is_valid_uid
@@ -85,7 +85,7 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
     uids: dict[str, str] = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         try:
-            element = ds.get(_tag(keyword))
+            element = ds.get(tag_of(keyword))
             value = str((element.value if element is not None else "") or "").strip()
         except VALUE_ERRORS as exc:
             raise InstanceRejected("malformed_uid", f"{keyword} unreadable ({type(exc).__name__})") from None
@@ -113,7 +113,7 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
 # Maximum value lengths in characters by VR (PS3.5 table 6.2-1); PN per component group. VRs without a
 # fixed maximum (UT, UC, UR, unknown) are clipped to EventLimits.unbounded_chars.
 def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
-    sequence = _raw(ds, keyword)
+    sequence = raw_value(ds, keyword)
     try:
         return sequence[0] if sequence else None
     except VALUE_ERRORS:
@@ -129,7 +129,7 @@ class Issuer:
     universal_type: str = ""
 
 
-def _issuer(read: _Reader, ds: Dataset, sequence: str) -> Issuer:
+def _issuer(read: BoundedReader, ds: Dataset, sequence: str) -> Issuer:
     item = _first_item(ds, sequence)
     if item is None:
         return Issuer()
@@ -146,22 +146,22 @@ def _requested(ds: Dataset, keyword: str) -> Dataset | None:
     Image IODs carry the order's reason and numbers inside RequestAttributesSequence; worklist-fed
     secondary captures often at the top level.
     """
-    if _raw(ds, keyword) not in (None, "", ()):
+    if raw_value(ds, keyword) not in (None, "", ()):
         return ds
-    sequence = _raw(ds, "RequestAttributesSequence")
+    sequence = raw_value(ds, "RequestAttributesSequence")
     try:
         items = list(sequence or ())[:8]
     except VALUE_ERRORS:
         return None
     for item in items:
-        if _raw(item, keyword) not in (None, "", ()):
+        if raw_value(item, keyword) not in (None, "", ()):
             return item
     return None
 
 
-def instance_title(ds: Dataset, read: _Reader | None = None) -> str:
+def instance_title(ds: Dataset, read: BoundedReader | None = None) -> str:
     """A human title for the instance: content label, concept name, document title, else the image type."""
-    read = read or _Reader(EventLimits())
+    read = read or BoundedReader(EventLimits())
     concept = _first_item(ds, "ConceptNameCodeSequence")
     return (
         read.text(ds, "ContentLabel")
@@ -179,7 +179,7 @@ def instance_event(
     Every text attribute is clipped to its VR's maximum length and every repeated value to
     ``limits``, so the event's size is bounded whatever the dataset holds; ``clipped`` names what was cut.
     """
-    read = _Reader(limits or EventLimits())
+    read = BoundedReader(limits or EventLimits())
     fields = {**_study_fields(read, ds), **_request_fields(read, ds), **_patient_fields(read, ds)}
     fields.update(_series_fields(read, ds))
     return InstanceEvent(
@@ -188,7 +188,7 @@ def instance_event(
         sop_instance_uid=identity.sop_instance_uid,
         sop_class_uid=identity.sop_class_uid,
         transfer_syntax_uid=reception.transfer_syntax_uid,
-        instance_number=_int(ds, "InstanceNumber"),
+        instance_number=int_value(ds, "InstanceNumber"),
         instance_title=instance_title(ds, read),
         calling_ae=reception.calling_ae,
         called_ae=reception.called_ae,
@@ -205,7 +205,7 @@ def instance_event(
     )
 
 
-def _study_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+def _study_fields(read: BoundedReader, ds: Dataset) -> dict[str, Any]:
     text, names = read.text, read.names
     accession_issuer = _issuer(read, ds, "IssuerOfAccessionNumberSequence")
     return {
@@ -226,7 +226,7 @@ def _study_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
     }
 
 
-def _request_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+def _request_fields(read: BoundedReader, ds: Dataset) -> dict[str, Any]:
     """The order's attributes, at the top level or in RequestAttributesSequence (:func:`_requested`)."""
     placer = _requested(ds, "PlacerOrderNumberImagingServiceRequest")
     placer_issuer = _issuer(read, placer, "OrderPlacerIdentifierSequence") if placer is not None else Issuer()
@@ -242,7 +242,7 @@ def _request_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
     }
 
 
-def _patient_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+def _patient_fields(read: BoundedReader, ds: Dataset) -> dict[str, Any]:
     patient_issuer = _issuer(read, ds, "IssuerOfPatientIDQualifiersSequence")
     return {
         "patient_id": read.text(ds, "PatientID"),
@@ -255,10 +255,10 @@ def _patient_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
     }
 
 
-def _series_fields(read: _Reader, ds: Dataset) -> dict[str, Any]:
+def _series_fields(read: BoundedReader, ds: Dataset) -> dict[str, Any]:
     text, names = read.text, read.names
     return {
-        "series_number": _int(ds, "SeriesNumber"),
+        "series_number": int_value(ds, "SeriesNumber"),
         "modality": text(ds, "Modality"),
         "series_description": text(ds, "SeriesDescription"),
         "series_date": text(ds, "SeriesDate"),

@@ -52,18 +52,18 @@ class EventLimits:
 
 
 @lru_cache(maxsize=512)
-def _tag(keyword: str) -> BaseTag:
+def tag_of(keyword: str) -> BaseTag:
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(keyword)
     return Tag(tag)
 
 
-def _raw(ds: Dataset, keyword: str) -> Any:
+def raw_value(ds: Dataset, keyword: str) -> Any:
     """The value of ``keyword`` in ``ds`` (``None`` when absent or unreadable). By tag: pydicom's keyword
     lookup (``ds.get(keyword)``) costs as much again as reading the value."""
     try:
-        element = ds.get(_tag(keyword))
+        element = ds.get(tag_of(keyword))
         return None if element is None else element.value
     except VALUE_ERRORS:
         return None
@@ -107,7 +107,7 @@ def _undeclared_escapes(ds: Dataset, keyword: str) -> str | None:
     return text if undeclared else None
 
 
-class _Reader:
+class BoundedReader:
     """Reads the attributes an event copies, each cleaned and clipped to its VR's length; remembers what it did."""
 
     def __init__(self, limits: EventLimits) -> None:
@@ -152,7 +152,7 @@ class _Reader:
         if redecoded is not None:
             self._repair(where)
             return self._clip(clean_text(redecoded, single_line), keyword, where)
-        value = _raw(ds, keyword)
+        value = raw_value(ds, keyword)
         if value is None:
             return ""
         if isinstance(value, PersonName):
@@ -174,7 +174,7 @@ class _Reader:
     def names(self, ds: Dataset, keyword: str) -> str:
         values = self._raw_person_names(ds, keyword)
         if values is None:
-            value = _raw(ds, keyword)
+            value = raw_value(ds, keyword)
             if value is None:
                 return ""
             items = [value] if isinstance(value, PersonName | str) else self._values(value, keyword)
@@ -200,7 +200,7 @@ class _Reader:
         return [clean_person_name(v) for v in self._values(text.split("\\"), keyword)]
 
     def codes(self, ds: Dataset, keyword: str) -> tuple[CodedValue, ...]:
-        sequence = _raw(ds, keyword) or ()
+        sequence = raw_value(ds, keyword) or ()
         codes = []
         try:
             items = list(sequence)
@@ -226,9 +226,9 @@ class _Reader:
         return tuple(codes)
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def int_value(ds: Dataset, keyword: str) -> int | None:
     """An IS value as an int, or None: empty, malformed, or outside IS's signed 32-bit range."""
-    value = _raw(ds, keyword)
+    value = raw_value(ds, keyword)
     try:
         number = int(value) if value not in (None, "") else None
     except VALUE_ERRORS:

@@ -33,7 +33,6 @@ from pathlib import Path
 import msgspec
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from domain.dicom_event import EventLimits, InstanceRejected, Reception, check_identity, instance_event, parse_defect
 from domain.events import InstanceEvent, encode_instance_event
@@ -178,12 +177,12 @@ def _inflated_copy(staged: Path, store: InstanceStore, limit: int) -> Path:
         group_length = int.from_bytes(source.read(12)[8:12], "little")
         source.seek(132 + 12 + group_length)
         # Only for the parse: explicit VR little endian once inflated.
-        meta = create_file_meta(sop_class_uid="1.2", sop_instance_uid="1.2", transfer_syntax=EXPLICIT_LITTLE)
         fd, name = tempfile.mkstemp(dir=store.incoming, suffix=".inflated")
         out_path = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(b"\x00" * 128 + b"DICM" + encode_file_meta(meta))
+                meta = file_meta("1.2", "1.2", EXPLICIT_LITTLE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)
+                out.write(b"\x00" * 128 + b"DICM" + meta)
                 inflater = zlib.decompressobj(-zlib.MAX_WBITS)
                 written = 0
                 while chunk := source.read(_INFLATE_CHUNK):
