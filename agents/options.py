@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.settings import Settings
-from domain.fhir_resources import MappingOptions
+from domain.mapping_options import MappingOptions
 from domain.patient import IdentityOptions
 
 

@@ -14,7 +14,8 @@ Commits follow acknowledgements, and Faust acknowledges a message when its agent
 on, even when the body raised (``Stream.__aiter__``, and ``take_events`` for a whole batch). So every
 message is *held* (one extra reference) from the moment the agent sees it, and *released* only once it
 was handled or dead-lettered; a message never released is never acknowledged, and the group's
-committed offset stays below it.
+committed offset stays below it. Faust's own acknowledgements of messages no agent saw (around a
+rebalance) are refused by the :class:`~agents.delivery.DeliveryGate` the policy releases through.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import logging
 import os
 import traceback
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
 
+from agents.delivery import DeliveryGate
 from domain import dead_letters
 from domain.errors import InfrastructureError, InvalidRecordError, RejectedError, StudyStreamError
 from domain.study import iso_utc
@@ -107,18 +109,25 @@ class DeadLetterWriter:
         self.counts[(letter.stage, letter.reason)] += 1
         study = message.key.decode("ascii", "replace")[:64] if isinstance(message.key, bytes) else ""
         log.warning(
-            "dead-lettered %s (study %s) at %s: %s: %s", source, study, letter.stage, letter.reason, letter.message
-        )
+            "dead-lettered %s (study %s) at %s: %s: %s", source, study, letter.stage, letter.reason, letter.message,
+            extra={"study_uid": study, "stage": letter.stage, "reason": letter.reason, "outcome": "dead_letter"},
+        )  # fmt: skip
 
 
 class MessagePolicy:
     """Holds, handles and releases the messages of one worker's agents; stops the worker on infrastructure failure."""
 
     def __init__(
-        self, app: faust.App, writer: DeadLetterWriter, clock: Callable[[], float], stop_timeout: float = 10.0
+        self,
+        app: faust.App,
+        writer: DeadLetterWriter,
+        clock: Callable[[], float],
+        stop_timeout: float = 10.0,
+        gate: DeliveryGate | None = None,
     ) -> None:
         self.app = app
         self.writer = writer
+        self.gate = gate if gate is not None else DeliveryGate(())
         self.clock = clock
         self.stop_timeout = stop_timeout
         self.timer_failures: Counter[str] = Counter()
@@ -132,6 +141,17 @@ class MessagePolicy:
         for event in events:
             event.message.incref()
 
+    async def admit(self, events: Sequence[Any]) -> list[Any]:
+        """The events of a batch an agent may handle, held; the others are left to be read again.
+
+        See :mod:`agents.delivery`: rewinds pending are sought first, and a partition being rewound (or
+        whose offsets jump) admits nothing beyond the offset it is read again from.
+        """
+        await self.gate.seek_pending(self.app.consumer)
+        admitted = self.gate.admit(events)
+        self.hold(admitted)
+        return admitted
+
     def release(self, events: Iterable[Any]) -> None:
         """The events are handled or dead-lettered: let Faust acknowledge (and later commit) them."""
         handled = self.handled
@@ -139,6 +159,7 @@ class MessagePolicy:
             message = event.message
             key = (message.topic, message.partition)
             handled[key] = max(handled.get(key, 0), message.offset + 1)
+            self.gate.release(message)
             event.ack()
 
     async def handle(self, message: Any, stage: str, handler: Callable[[], Awaitable[None]]) -> None:

@@ -156,6 +156,8 @@ class StudyUploader:
         log.info(
             "study %s revision %d %s in %.2f s (%d attempt(s))",
             uid, record.revision, kind, took, counts.total,
+            extra={"study_uid": uid, "revision": record.revision, "stage": "uploader", "outcome": kind,
+                   "duration_ms": round(took * 1000, 1), "attempts": counts.total},
         )  # fmt: skip
 
     async def _parked(
@@ -184,6 +186,8 @@ class StudyUploader:
             logging.WARNING if first else logging.DEBUG,
             "study %s revision %d parked after %d attempt(s): %s; next in %.1f s",
             uid, record.revision, counts.total, attempt.reason, step.delay,
+            extra={"study_uid": uid, "revision": record.revision, "stage": "uploader", "outcome": "parked",
+                   "reason": attempt.reason, "attempts": counts.total},
         )  # fmt: skip
 
     async def _failed(
@@ -292,7 +296,8 @@ def register(
         """One message at a time, held until the policy handled or dead-lettered it."""
         try:
             async for event in stream.events():
-                policy.hold((event,))
+                if not await policy.admit((event,)):
+                    continue  # read again after the rewind the delivery gate asked for
                 await policy.handle(event.message, stage, lambda event=event: handle(event.message))
                 policy.release((event,))
         except WorkerStopping:

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from app.settings import get_settings
+from app.settings import ENV_PREFIX, Settings, get_settings
 from domain.errors import StudyStreamError
 
 
@@ -23,6 +24,18 @@ class StudyStreamGroup(click.Group):
         except StudyStreamError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            _report_settings(exc)
+            ctx.exit(2)
+
+
+def _report_settings(exc: ValidationError) -> None:
+    """A bad STUDYSTREAM_* value: one line per variable, saying why, without a traceback."""
+    for error in exc.errors():
+        name = f"{ENV_PREFIX}{'_'.join(str(part) for part in error['loc']).upper()}"
+        click.echo(f"error: {name}: {error['msg'].removeprefix('Value error, ')}", err=True)
 
 
 @click.group(cls=StudyStreamGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,16 +114,23 @@ def stack_logs(services: tuple[str, ...], lines: int) -> None:
     add_help_option=False,
 )
 @click.option("--datadir", type=click.Path(path_type=Path), default=None, help="Worker table data directory.")
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Level of StudyStream's own lines [STUDYSTREAM_LOG_LEVEL, default INFO]; libraries: STUDYSTREAM_LOG_LEVELS.",
+)
 @click.pass_context
-def worker(ctx: click.Context, datadir: Path | None) -> None:
-    """Run a Faust worker (Faust's worker options pass through: -l info, --web-port 6067, ...).
+def worker(ctx: click.Context, datadir: Path | None, log_level: str | None) -> None:
+    """Run a Faust worker (Faust's worker options pass through: --web-port 6067, ...).
 
     Each worker on one host needs its own --web-port; its table data goes to
-    <STUDYSTREAM_STATE_DIR>/worker-<web port> unless --datadir says otherwise.
+    <STUDYSTREAM_STATE_DIR>/worker-<web port> unless --datadir says otherwise. Faust's -l/--loglevel
+    sets the same level as --log-level.
     """
     from app.worker import run_worker
 
-    run_worker(get_settings(), list(ctx.args), datadir)
+    run_worker(get_settings(), list(ctx.args), datadir, log_level)
 
 
 @cli.command()
@@ -129,6 +149,8 @@ def _register_optional(module: str, names: tuple[str, ...]) -> None:
         mod = importlib.import_module(module)
     except ImportError:  # pragma: no cover - a package under construction
         return
+    except ValidationError:  # options read the settings: main() reports the bad value
+        return
     for name in names:
         command = getattr(mod, name, None)
         if isinstance(command, click.Command):
@@ -140,9 +162,15 @@ _register_optional("scu.cli", ("send", "send_file", "echo", "synth"))
 _register_optional("app.replay_cli", ("replay",))
 _register_optional("app.redrive", ("redrive",))
 _register_optional("app.resolve", ("resolve",))
+_register_optional("app.status", ("status",))
 
 
 def main() -> None:
+    try:
+        get_settings()
+    except ValidationError as exc:
+        _report_settings(exc)
+        sys.exit(2)
     cli(prog_name="studystream")
 
 

@@ -55,6 +55,14 @@ class DicomSettings(BaseSettings):
         description="Instances one storage_commitment record on imaging.raw names; a longer request is split "
         "into parts (the aggregator waits for all of them).",
     )
+    receiver_mpps_max_instances: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Instances of one Modality Performed Procedure Step the receiver keeps and names in its "
+        "performed_procedure_step record; a step naming more is accepted, but its record completes nothing "
+        "(the quiet period decides).",
+    )
     receiver_event_max_values: int = Field(
         64, ge=1, le=1000, description="Values of one multi-valued attribute an instance event copies."
     )
@@ -111,7 +119,8 @@ class DicomSettings(BaseSettings):
     receiver_max_action_bytes: int = Field(
         16 * 1024**2,
         ge=1024,
-        description="Largest dataset of an N-ACTION (Storage Commitment request) the receiver reads (bytes).",
+        description="Largest dataset of an N-ACTION (Storage Commitment request), N-CREATE or N-SET (MPPS) the "
+        "receiver reads (bytes); past it the request is refused.",
     )
     receiver_acse_timeout: float = Field(
         30.0,

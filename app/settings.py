@@ -17,7 +17,12 @@ from pydantic import Field, SecretStr, field_validator
 
 from app.dicom_settings import ENV_PREFIX as ENV_PREFIX  # re-exported: the prefix of every setting
 from app.dicom_settings import SETTINGS_CONFIG, DicomSettings
+from app.log_settings import LogSettings
+from app.status_settings import StatusSettings
+from app.stow_settings import StowSettings
+from domain.completeness import CompletenessPolicy, format_rules, parse_rules
 from domain.local_time import zone_of
+from domain.mapping_options import MAPPING_DEFAULTS
 
 ZONEINFO_DIR = "/usr/share/zoneinfo/"
 
@@ -48,7 +53,7 @@ def host_timezone() -> str:
     return "UTC"
 
 
-class Settings(DicomSettings):
+class Settings(StatusSettings, LogSettings, StowSettings, DicomSettings):
     """StudyStream settings. Field ``x`` is read from ``STUDYSTREAM_X``; the receiver's and the sender's
     are declared in :class:`app.dicom_settings.DicomSettings`."""
 
@@ -88,10 +93,24 @@ class Settings(DicomSettings):
 
     # --- Study completeness ------------------------------------------------------------------------
     quiet_period: float = Field(30.0, gt=0, description="Seconds without a new instance after which a study is ready.")
+    completeness_rules: str = Field(
+        "",
+        description="Completeness rules by source, first match wins: `<match>:<terms>` separated by `;`, match "
+        "`ae=<calling AE>` and/or `modality=<code>` or `*`, terms `quiet=<duration>` and "
+        "`trust=<signals>` (`commitment`, `mpps`, `stow` joined by `+`, or `none`), e.g. "
+        "`ae=CT_SCANNER1,modality=CT:quiet=60s,trust=commitment; modality=CR:quiet=5s; *:quiet=30s`. "
+        "A source no rule matches: `quiet_period`, every signal trusted. See README, Completeness.",
+    )
 
     # --- Aggregator --------------------------------------------------------------------------------
     aggregator_check_interval: float = Field(
         1.0, gt=0, description="Seconds between two scans of a worker's pending studies for an elapsed quiet period."
+    )
+    aggregator_mpps_timeout: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds a study's quiet period waits, after a COMPLETED Modality Performed Procedure Step "
+        "was read, for the instances it names that are not in yet; then the quiet period decides as without it.",
     )
     aggregator_max_instances: int = Field(
         40_000,
@@ -144,16 +163,23 @@ class Settings(DicomSettings):
         description="Seconds a worker stopping after an infrastructure failure gets to leave the group "
         "cleanly before it exits (status 75) without committing the message it was handling.",
     )
+    worker_reseek_after: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds after which a partition the delivery gate rewound (a record Faust skipped or "
+        "dropped around a rebalance) is sought again if the record has not come back.",
+    )
     aggregator_fault_point: Literal[
-        "", "after_changelog_send", "after_changelog_ack", "after_ready_ack", "infrastructure_error"
+        "", "after_changelog_send", "after_changelog_ack", "after_ready_ack", "infrastructure_error", "faust_skip"
     ] = Field(
         "",
         description="Testing: the worker exits (os._exit) at this point of a table write or a ready record's "
         "publication, or (`infrastructure_error`) fails as if the broker were gone on a record of "
-        "`aggregator_fault_study`; empty = off.",
+        "`aggregator_fault_study`, or (`faust_skip`) acknowledges that study's first record without handling "
+        "it, as Faust does around a rebalance; empty = off.",
     )
     aggregator_fault_study: str = Field(
-        "", description="Testing: the study whose records raise the `infrastructure_error` fault."
+        "", description="Testing: the study whose records the `infrastructure_error` and `faust_skip` faults hit."
     )
     aggregator_fault_after_writes: int = Field(
         1, ge=1, description="Testing: the table write (counted from the worker's start) at which the fault fires."
@@ -174,15 +200,16 @@ class Settings(DicomSettings):
         "imaging.study.retry", description="Topic where the uploader parks study revisions to retry later."
     )
     fhir_default_patient_system: str = Field(
-        "urn:studystream:patient-id",
+        MAPPING_DEFAULTS.default_patient_system,
         description="Patient.identifier system for a PatientID without IssuerOfPatientID (set it to your "
         "assigning authority's URI).",
     )
     fhir_default_accession_system: str = Field(
-        "urn:studystream:accession", description="Identifier system of an accession number without an issuer."
+        MAPPING_DEFAULTS.default_accession_system,
+        description="Identifier system of an accession number without an issuer.",
     )
     fhir_local_issuer_prefix: str = Field(
-        "urn:studystream:issuer:",
+        MAPPING_DEFAULTS.local_issuer_prefix,
         description="Prefix that turns a local issuer name (not an OID or URI) into an identifier system.",
     )
     fhir_default_timezone: str = Field(
@@ -202,12 +229,12 @@ class Settings(DicomSettings):
         "one, a local code keeps only its meaning as text.",
     )
     fhir_update_patient: bool = Field(
-        True,
+        MAPPING_DEFAULTS.update_patient,
         description="Update the Patient elements StudyStream owns (name, gender, birthDate) when a later "
         "instance corrects them; false: create only (the master patient index owns Patient).",
     )
     fhir_revision_tag_system: str = Field(
-        "urn:studystream:study-revision",
+        MAPPING_DEFAULTS.revision_tag_system,
         description="meta.tag system carrying the study revision on each ImagingStudy (keeps old revisions out).",
     )
     fhir_dicomweb_base_url: str = Field(
@@ -336,10 +363,20 @@ class Settings(DicomSettings):
                 raise ValueError(f"{key!r}: {uri!r} is not a URI (e.g. urn:oid:1.2.3 or https://...)")
         return {key.strip(): uri for key, uri in value.items()}
 
+    @field_validator("completeness_rules")
+    @classmethod
+    def _rules_parse(cls, value: str) -> str:
+        return format_rules(parse_rules(value))  # ValueError names the rule at fault; kept in canonical form
+
     @field_validator("fhir_base_url")
     @classmethod
     def _fhir_no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @property
+    def completeness_policy(self) -> CompletenessPolicy:
+        """The completeness rules table with ``quiet_period`` for the sources no rule matches."""
+        return CompletenessPolicy(parse_rules(self.completeness_rules), self.quiet_period)
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -18,7 +18,9 @@ import faust
 
 from adapters.control import ControlState
 from agents import aggregator as aggregator_agent
+from agents import consumer as consumer_view
 from agents import uploader as uploader_agent
+from agents.delivery import DeliveryGate
 from agents.policy import DeadLetterWriter, MessagePolicy
 from agents.watchdog import InputWatchdog
 from app.settings import Settings, get_settings
@@ -144,9 +146,18 @@ def build_worker(settings: Settings, control: ControlState) -> Worker:
     channels = declare_uploader_channels(app, settings)
     store = TableStore(app, settings.aggregator_fault_point, settings.aggregator_fault_after_writes)
     dead_letters: Counter[tuple[str, str]] = Counter()
-    policy = MessagePolicy(
-        app, DeadLetterWriter(topics.dlq, dead_letters), time.time, stop_timeout=settings.worker_stop_timeout
+    topo = topology(settings)
+    # Every input of the agents is a delete-policy topic written without transactions: gapless.
+    gate = DeliveryGate(
+        topo.worker_inputs,
+        gapless=topo.worker_inputs,
+        committed=lambda tp: consumer_view.committed_offset(app.consumer, tp),
+        reseek_after=settings.worker_reseek_after,
     )
+    policy = MessagePolicy(
+        app, DeadLetterWriter(topics.dlq, dead_letters), time.time, stop_timeout=settings.worker_stop_timeout, gate=gate
+    )
+    register_delivery_gate(app, gate)
     tables = StudyTables(app, settings, store)
     outcomes = UploadOutcomes(app, settings, store)
     aggregator = aggregator_agent.StudyAggregator(
@@ -154,7 +165,6 @@ def build_worker(settings: Settings, control: ControlState) -> Worker:
     )
     uploader = uploader_agent.StudyUploader(app, settings, outcomes, channels.retry, channels.due, policy, control)
     web = views.StudyWeb(app, settings, tables, outcomes, aggregator.counters, dead_letters, policy, uploader)
-    topo = topology(settings)
     aggregator_agent.register(app, aggregator, aggregator_input, topo.check)
     uploader_agent.register(app, uploader, channels.input, channels.retry, topo)
     views.register(app, web)
@@ -162,6 +172,18 @@ def build_worker(settings: Settings, control: ControlState) -> Worker:
     register_watchdog(app, watchdog, policy)
     register_quiet_logging(app)
     return Worker(settings, control, app, topics, policy, tables, outcomes, aggregator, uploader, web)
+
+
+def register_delivery_gate(app: faust.App, gate: DeliveryGate) -> None:
+    """Every acknowledgement through the gate from the first assignment on; revoked partitions forget their rewinds."""
+
+    @app.on_partitions_assigned.connect
+    async def gate_acks(sender: faust.App, *_: Any, **__: Any) -> None:
+        consumer_view.intercept_acks(app.consumer, gate.may_ack)
+
+    @app.on_partitions_revoked.connect
+    async def forget_rewinds(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        gate.forget(revoked)
 
 
 def register_watchdog(app: faust.App, watchdog: InputWatchdog, policy: MessagePolicy) -> None:

@@ -8,12 +8,13 @@ a batch replayed after a crash lands exactly where the first run would have — 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from domain import study as rules
 from domain.errors import InvalidRecordError
-from domain.events import CommitmentRequest, InstanceEvent, PatientResolution
+from domain.events import CommitmentRequest, InstanceEvent, PatientResolution, PerformedProcedureStep, StowBoundary
 from domain.patient import IdentityOptions
 
 
@@ -125,18 +126,48 @@ class CommitmentOutcome:
     changed: bool = False
 
 
-def apply_commitment(batch: BatchState, request: CommitmentRequest, partition: int, offset: int) -> CommitmentOutcome:
-    """A commitment request naming instances all in the study makes it ready at once (`request_commitment`)."""
+def apply_commitment(
+    batch: BatchState, request: CommitmentRequest | StowBoundary, partition: int, offset: int
+) -> CommitmentOutcome:
+    """A commitment request naming instances all in the study makes it ready at once (`request_commitment`).
+
+    A complete STOW-RS request (:class:`StowBoundary`, published only with ``receiver_stow_is_study_boundary``)
+    is the same kind of boundary and goes through the same rule.
+    """
     header = batch.header(request.study_uid, partition)
     if header is None:
         return CommitmentOutcome(known_study=False)
-    missing = [sop for sop in request.sop_instance_uids if batch.instance(request.study_uid, sop, partition) is None]
+    missing = _not_seen(batch, request.study_uid, request.sop_instance_uids, partition)
     committed = rules.request_commitment(
         header, missing, offset, transaction=request.transaction_uid, part=request.part, parts=request.parts
     )
-    if committed == header:
+    return _named_outcome(batch, header, committed, missing)
+
+
+def apply_performed_step(
+    batch: BatchState, step: PerformedProcedureStep, partition: int, offset: int, hold_until: float
+) -> CommitmentOutcome:
+    """A Modality Performed Procedure Step that ended (`record_performed_step`): a COMPLETED one naming
+    instances all in the study makes it ready at once; those not seen yet are awaited as for a commitment."""
+    header = batch.header(step.study_uid, partition)
+    if header is None:
+        return CommitmentOutcome(known_study=False)
+    missing = _not_seen(batch, step.study_uid, step.sop_instance_uids, partition)
+    recorded = rules.record_performed_step(header, step, missing, offset, hold_until)
+    return _named_outcome(batch, header, recorded, missing)
+
+
+def _not_seen(batch: BatchState, study_uid: str, named: Sequence[str], partition: int) -> list[str]:
+    """The instances a signal names that the study does not hold (yet)."""
+    return [sop for sop in named if batch.instance(study_uid, sop, partition) is None]
+
+
+def _named_outcome(
+    batch: BatchState, header: rules.StudyHeader, updated: rules.StudyHeader, missing: Sequence[str]
+) -> CommitmentOutcome:
+    if updated == header:
         return CommitmentOutcome(known_study=True, missing=len(missing))
-    batch.set_header(committed)
+    batch.set_header(updated)
     return CommitmentOutcome(known_study=True, missing=len(missing), changed=True)
 
 

@@ -1,10 +1,12 @@
 """The records published to ``imaging.raw``, their wire format and their one typed decoder.
 
-Three kinds, all JSON objects (UTF-8) keyed by the StudyInstanceUID: one :class:`InstanceEvent` per
+Five kinds, all JSON objects (UTF-8) keyed by the StudyInstanceUID: one :class:`InstanceEvent` per
 stored instance, a :class:`CommitmentRequest` when a sender asked for Storage Commitment of
-instances of the study (``"record_type": "storage_commitment"``), and a :class:`PatientResolution`
-when an operator decided a patient conflict (``"patient_resolution"``). Instance events carry no
-record type.
+instances of the study (``"record_type": "storage_commitment"``), a :class:`StowBoundary` when a
+DICOMweb STOW-RS request stored every instance it carried and the receiver treats one request as a
+study boundary (``"stow_request"``), a :class:`PerformedProcedureStep` when a modality's MPPS ended
+(``"performed_procedure_step"``), and a :class:`PatientResolution` when an operator decided a
+patient conflict (``"patient_resolution"``). Instance events carry no record type.
 
 :func:`decode_raw_record` is the trust boundary: it checks the type and range of every field (msgspec,
 strict: no coercion of ``"12"`` into 12), so a record that decodes cannot raise further down. Every
@@ -14,7 +16,7 @@ ignored (a newer receiver may add some).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -25,12 +27,16 @@ from domain.uids import UID_MAX_LENGTH, UID_PATTERN
 EVENT_SCHEMA_VERSION = 3  # 3: issuers' universal ids, request attributes, regions, image laterality
 COMMITMENT_RECORD_TYPE = "storage_commitment"
 RESOLUTION_RECORD_TYPE = "patient_resolution"
+STOW_RECORD_TYPE = "stow_request"
+MPPS_RECORD_TYPE = "performed_procedure_step"
+MPPS_SCHEMA_VERSION = 1
 
 # Bounds of the decoder. The receiver clips every text attribute to its VR's length (UT and unknown
 # VRs to a setting below this), so a record beyond them was not written by StudyStream.
 TEXT_MAX_CHARS = 65_536
 CODES_MAX_ITEMS = 256
 COMMITMENT_MAX_UIDS = 100_000
+MPPS_MAX_UIDS = 100_000  # instances one performed_procedure_step record names
 
 Uid = Annotated[str, Meta(pattern=UID_PATTERN, max_length=UID_MAX_LENGTH)]
 Text = Annotated[str, Meta(max_length=TEXT_MAX_CHARS)]
@@ -128,16 +134,20 @@ class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
         return self.study_uid.encode("ascii")
 
 
-class CommitmentRequest(msgspec.Struct, frozen=True, gc=False):
-    """A Storage Commitment request's instances of one study, all stored: the study is complete now."""
+class NamedInstances(msgspec.Struct, frozen=True, gc=False):
+    """Instances of one study a peer named as complete, all stored: the study is complete now.
+
+    The common shape of :class:`CommitmentRequest` and :class:`StowBoundary`, applied by one rule
+    (:func:`domain.batch.apply_commitment`). A request naming more instances than fit one message comes
+    in parts (1-based): all must be read.
+    """
 
     study_uid: Uid
     transaction_uid: Uid
     sop_instance_uids: Annotated[tuple[Uid, ...], Meta(min_length=1, max_length=COMMITMENT_MAX_UIDS)]
     calling_ae: ShortText = ""
     received_at: ShortText = ""  # ISO 8601 UTC
-    record_type: str = COMMITMENT_RECORD_TYPE
-    # A request naming more instances than fit one message comes in parts (1-based): all must be read.
+    record_type: str = ""
     part: Annotated[int, Meta(ge=1, le=10_000)] = 1
     parts: Annotated[int, Meta(ge=1, le=10_000)] = 1
 
@@ -148,6 +158,50 @@ class CommitmentRequest(msgspec.Struct, frozen=True, gc=False):
     def __post_init__(self) -> None:
         if self.part > self.parts:
             raise ValueError("part beyond parts")
+
+
+class CommitmentRequest(NamedInstances, frozen=True, gc=False):
+    """A Storage Commitment request's instances of one study (``"commitment_request"``)."""
+
+    record_type: str = COMMITMENT_RECORD_TYPE
+
+
+class StowBoundary(NamedInstances, frozen=True, gc=False):
+    """A STOW-RS request's instances of one study, all stored, and the request complete: with
+    ``receiver_stow_is_study_boundary`` the study is complete now (as for Storage Commitment).
+
+    ``transaction_uid`` identifies the request (a UID the receiver made up); ``calling_ae`` is the
+    receiver's ``receiver_dicomweb_calling_ae``, as on the instance events.
+    """
+
+    record_type: str = STOW_RECORD_TYPE
+
+
+class PerformedProcedureStep(msgspec.Struct, frozen=True, gc=False):
+    """A Modality Performed Procedure Step of the study that ended (``"performed_procedure_step"``).
+
+    COMPLETED names the instances the step produced: the study is complete once every one is in.
+    DISCONTINUED carries the reason (code value and meaning of the step's discontinuation reason code);
+    it completes nothing. ``truncated``: the step named more instances than the receiver keeps
+    (``receiver_mpps_max_instances``), so the list is not the whole step and completes nothing either.
+    No patient data.
+    """
+
+    study_uid: Uid
+    mpps_uid: Uid  # the step's SOP Instance UID
+    status: Literal["COMPLETED", "DISCONTINUED"]
+    sop_instance_uids: Annotated[tuple[Uid, ...], Meta(max_length=MPPS_MAX_UIDS)] = ()
+    truncated: bool = False
+    reason_code: Annotated[str, Meta(max_length=64)] = ""
+    reason_meaning: Annotated[str, Meta(max_length=64)] = ""
+    calling_ae: ShortText = ""
+    received_at: ShortText = ""  # ISO 8601 UTC: when the receiver answered the N-SET that ended the step
+    record_type: str = MPPS_RECORD_TYPE
+    schema_version: SchemaVersion = MPPS_SCHEMA_VERSION
+
+    @property
+    def key(self) -> bytes:
+        return self.study_uid.encode("ascii")
 
 
 class PatientResolution(msgspec.Struct, frozen=True, gc=False):
@@ -165,12 +219,14 @@ class PatientResolution(msgspec.Struct, frozen=True, gc=False):
         return self.study_uid.encode("ascii")
 
 
-RawRecord = InstanceEvent | CommitmentRequest | PatientResolution
+RawRecord = InstanceEvent | CommitmentRequest | StowBoundary | PatientResolution | PerformedProcedureStep
 
 _encoder = msgspec.json.Encoder()
 _instance_decoder = msgspec.json.Decoder(InstanceEvent)
 _commitment_decoder = msgspec.json.Decoder(CommitmentRequest)
 _resolution_decoder = msgspec.json.Decoder(PatientResolution)
+_stow_decoder = msgspec.json.Decoder(StowBoundary)
+_mpps_decoder = msgspec.json.Decoder(PerformedProcedureStep)
 
 
 class _Kind(msgspec.Struct, gc=False):
@@ -193,6 +249,14 @@ def encode_resolution(resolution: PatientResolution) -> bytes:
     return _encoder.encode(resolution)
 
 
+def encode_performed_procedure_step(step: PerformedProcedureStep) -> bytes:
+    return _encoder.encode(step)
+
+
+def encode_stow_boundary(boundary: StowBoundary) -> bytes:
+    return _encoder.encode(boundary)
+
+
 def invalid_record(exc: msgspec.MsgspecError, kind: str) -> InvalidRecordError:
     """msgspec's error as ours: the path of the bad field, never its value."""
     if isinstance(exc, msgspec.ValidationError):
@@ -207,7 +271,7 @@ def _as_bytes(raw: bytes | str | None) -> bytes:
 
 
 def decode_raw_record(raw: bytes | str | None) -> RawRecord:
-    """Parse and validate one ``imaging.raw`` value of either kind; raise :class:`InvalidRecordError` on any defect."""
+    """Parse and validate one ``imaging.raw`` value of any kind; raise :class:`InvalidRecordError` on any defect."""
     data = _as_bytes(raw)
     if b'"record_type"' not in data:  # the common case: an instance event, one pass
         return decode_instance_event(data)
@@ -217,7 +281,12 @@ def decode_raw_record(raw: bytes | str | None) -> RawRecord:
         raise invalid_record(exc, "imaging.raw record") from None
     if kind is None:
         return decode_instance_event(data)
-    decoder = {COMMITMENT_RECORD_TYPE: _commitment_decoder, RESOLUTION_RECORD_TYPE: _resolution_decoder}.get(kind)
+    decoder = {
+        COMMITMENT_RECORD_TYPE: _commitment_decoder,
+        RESOLUTION_RECORD_TYPE: _resolution_decoder,
+        STOW_RECORD_TYPE: _stow_decoder,
+        MPPS_RECORD_TYPE: _mpps_decoder,
+    }.get(kind)
     if decoder is None:
         raise InvalidRecordError("unknown record_type", reason="unknown_record_type")
     try:

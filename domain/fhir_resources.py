@@ -8,8 +8,6 @@ placeholders). ``docs/mapping.md`` lists each DICOM attribute and the element it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from fhirclient.models.endpoint import Endpoint
@@ -31,7 +29,8 @@ from domain.fhir_values import (
     pn_values,
 )
 from domain.local_time import fhir_date, fhir_datetime
-from domain.patient import PATIENT_OF_STUDY_SYSTEM, IdentityOptions, issuer_system, patient_identity
+from domain.mapping_options import MappingOptions as MappingOptions  # re-exported: the mapping's options
+from domain.patient import PATIENT_OF_STUDY_SYSTEM, issuer_system, patient_identity
 from domain.ready import ReadyInstance, ReadySeries, StudyReady
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -52,25 +51,6 @@ MAPPING_VERSION_TAG_SYSTEM = "urn:studystream:mapping-version"
 
 
 __all__ = ["PATIENT_OF_STUDY_SYSTEM", "MappingOptions", "build_imaging_study", "build_patient"]
-
-
-@dataclass(frozen=True, slots=True)
-class MappingOptions:
-    """The settings the mapping depends on (see the ``fhir_*`` fields of :class:`app.settings.Settings`)."""
-
-    default_patient_system: str = "urn:studystream:patient-id"
-    default_accession_system: str = "urn:studystream:accession"
-    local_issuer_prefix: str = "urn:studystream:issuer:"
-    default_timezone: str = "UTC"
-    dicomweb_base_url: str = ""
-    revision_tag_system: str = "urn:studystream:study-revision"
-    patient_system_by_ae: Mapping[str, str] = field(default_factory=dict)
-    coding_systems: Mapping[str, str] = field(default_factory=dict)  # local coding scheme designators → URI
-    update_patient: bool = True  # write the owned Patient elements when they change (else create only)
-
-    @property
-    def identity(self) -> IdentityOptions:
-        return IdentityOptions(self.default_patient_system, self.local_issuer_prefix, self.patient_system_by_ae)
 
 
 # --- Identifiers ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from domain.errors import InvalidRecordError
 from domain.events import CODES_MAX_ITEMS, TEXT_MAX_CHARS, Codes, IntegerString, ShortText, Text, Uid
 from domain.study_state import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo
 
-READY_SCHEMA_VERSION = 3  # 3: request attributes, issuers' universal ids, regions, image lateralities
+READY_SCHEMA_VERSION = 4  # 3: request attributes, issuers' universal ids, regions, image lateralities; 4: completed_by
 MAX_INSTANCES = 1_000_000
 Count = Annotated[int, Meta(ge=0, le=MAX_INSTANCES)]
 Revision = Annotated[int, Meta(ge=1, le=2**31 - 1)]
@@ -72,6 +72,10 @@ class StudyReady(msgspec.Struct, frozen=True, gc=False):
     first_received: ShortText = ""
     last_received: ShortText = ""
     ready_at: ShortText = ""
+    # The signal that completed the revision (domain.completeness.CompletedBy: quiet_period, commitment,
+    # resolution, ...); text, not an enum, so a newer aggregator's signal never makes an older uploader
+    # refuse the record. Empty: a record of schema 3, or a revision sealed before it was recorded.
+    completed_by: ShortText = ""
     schema_version: Annotated[int, Meta(ge=1, le=1000)] = READY_SCHEMA_VERSION
 
     @property
@@ -142,6 +146,7 @@ def build_study_ready(
         first_received=header.first_received,
         last_received=header.last_received,
         ready_at=ready_at,
+        completed_by=header.completed_by.value,
     )
 
 

@@ -36,6 +36,10 @@ REFUSAL_STATUS: dict[str, int] = {
     "inflates_too_large": OUT_OF_RESOURCES,  # deflated, past receiver_max_inflated_bytes
     "disk_full": OUT_OF_RESOURCES,  # free space below receiver_min_free_bytes
     "event_too_large": OUT_OF_RESOURCES,
+    # DICOMweb STOW-RS only (PS3.18 I.2.2 failure reasons)
+    "study_mismatch": DATASET_DOES_NOT_MATCH_SOP_CLASS,  # not the study the request's URL names
+    "not_dicom": CANNOT_UNDERSTAND,  # a part that is not application/dicom (or not a Part 10 file)
+    "malformed_request": CANNOT_UNDERSTAND,  # the multipart body broke off or is malformed after this point
 }
 
 REASON_OF_STATUS = {

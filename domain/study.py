@@ -8,8 +8,10 @@ The state of one study is split so that a new instance never rewrites the whole 
 
 :func:`apply_instance` takes what is stored for the event's study, series and instance and returns
 what must be written back; :func:`is_ready` decides completeness; :func:`mark_sealed` and
-:func:`mark_published` record the decision. Revisions: a study starts at revision 1; any new or
-changed instance after a revision was sealed opens revision + 1, ready after another quiet period.
+:func:`mark_published` record the decision (those three live in :mod:`domain.readiness`, re-exported
+here). The header remembers the study's sources (calling AE, modality) for the completeness rules.
+Revisions: a study starts at revision 1; any new or changed instance after a revision was sealed opens
+revision + 1, ready after another quiet period.
 
 Replaying a batch is harmless by construction. The header remembers the imaging.raw offset of the
 last record applied to it (``applied_offset``) and every row the offset that created it
@@ -26,12 +28,19 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from domain.completeness import CompletedBy, add_source
 from domain.errors import InvalidRecordError
-from domain.events import CommitmentRequest, InstanceEvent
+from domain.events import CommitmentRequest, InstanceEvent, PerformedProcedureStep
 from domain.patient import IdentityOptions
+from domain.readiness import is_ready as is_ready  # re-exported: the completeness decision and its records
+from domain.readiness import mark_conflict as mark_conflict
+from domain.readiness import mark_failed as mark_failed
+from domain.readiness import mark_published as mark_published
+from domain.readiness import mark_sealed as mark_sealed
+from domain.readiness import needs_check as needs_check
+from domain.readiness import ready_signal as ready_signal
 from domain.study_state import (
     DEFAULT_IDENTITY,
-    PATIENT_CONFLICT,
     Arrival,
     InstanceInfo,
     PatientInfo,
@@ -49,6 +58,7 @@ from domain.study_state import (
     series_from_event,
     study_from_event,
 )
+from domain.study_state import PATIENT_CONFLICT as PATIENT_CONFLICT  # re-exported
 
 _T = TypeVar("_T", bound=msgspec.Struct)
 _replace = msgspec.structs.replace
@@ -204,6 +214,8 @@ def apply_instance(
         changes, opened = _changes_for(header, event, incoming, at.event_time)
     replaced_key = (counted.patient_key or header.patient_key) if counted is not None else None
     changes.update(_with_patient(header, event, key, at.event_time, replaced_key))
+    sources, overflow = add_source(header.sources, event.calling_ae, event.modality)
+    changes.update(sources=sources, sources_overflow=header.sources_overflow or overflow)
 
     header = _replace(
         header,
@@ -275,12 +287,23 @@ def _changes_for(
     opened = header.status is not StudyStatus.RECEIVING
     if opened:  # a sealed (failed, conflicting) revision is final: anything new opens the next one
         changes.update(_next_revision(header))
-    elif header.commitment_waiting and incoming.uid in header.commitment_waiting:
-        # The last instance a commitment request was waiting for makes the study committed.
-        waiting = tuple(uid for uid in header.commitment_waiting if uid != incoming.uid)
+    elif incoming.uid in header.commitment_waiting or incoming.uid in header.mpps_waiting:
+        changes.update(_named_instance_arrived(header, incoming.uid))
+    return changes, opened
+
+
+def _named_instance_arrived(header: StudyHeader, uid: str) -> dict[str, Any]:
+    """An instance a signal naming instances (Storage Commitment, a COMPLETED MPPS) waited for: the last
+    one to arrive makes the study committed / completed."""
+    changes: dict[str, Any] = {}
+    if uid in header.commitment_waiting:
+        waiting = tuple(named for named in header.commitment_waiting if named != uid)
         committed = not waiting and not header.commitment_parts_left
         changes.update(commitment_waiting=waiting, commitment_requested=committed)
-    return changes, opened
+    if uid in header.mpps_waiting:
+        waiting = tuple(named for named in header.mpps_waiting if named != uid)
+        changes.update(mpps_waiting=waiting, mpps_completed=not waiting)
+    return changes
 
 
 def placed_before(incoming: InstanceInfo, known: InstanceInfo | None) -> bool:
@@ -309,6 +332,10 @@ def _next_revision(header: StudyHeader) -> dict[str, Any]:
         "failure": "",
         "sealed_at": "",
         "ready_now": False,
+        "completed_by": CompletedBy.NOT_YET,
+        "mpps_waiting": (),
+        "mpps_completed": False,
+        "mpps_hold_until": 0.0,
     }
 
 
@@ -393,49 +420,28 @@ def request_commitment(
     )
 
 
-def is_ready(header: StudyHeader, now_wall: float, now_event_time: float | None, quiet_period: float) -> bool:
-    """Whether the open revision of a study is complete.
+def record_performed_step(
+    header: StudyHeader, step: PerformedProcedureStep, missing: Sequence[str], offset: int, hold_until: float
+) -> StudyHeader:
+    """A Modality Performed Procedure Step of the study that ended, recorded on its header.
 
-    Quiet time is judged on both clocks: the wall clock (no new instance processed for ``quiet_period``)
-    and event time (``now_event_time`` is how far the input has progressed: the wall clock when the
-    aggregator is caught up, else the newest event time it has read). During catch-up after downtime
-    instances received seconds apart are processed a long wall-clock time apart, or the other way
-    round; requiring both keeps a study from being cut early. ``None`` means event time is unknown.
+    A COMPLETED step naming its instances (its whole list: not ``truncated``) completes the open revision
+    once every one is in: ``missing`` (not seen yet) are awaited, the quiet period waiting for them until
+    ``hold_until`` (wall clock), and the last of them to arrive completes it (:func:`apply_instance`), as
+    for Storage Commitment. A DISCONTINUED step completes nothing; its reason is shown. ``offset`` is the
+    record's imaging.raw offset: a record the header already reflects changes nothing.
     """
-    if header.status is not StudyStatus.RECEIVING or header.instance_count == 0:
-        return False
-    if header.commitment_requested or header.ready_now:
-        return True
-    if now_event_time is None:
-        return False
-    return now_wall - header.last_wall_time >= quiet_period and now_event_time - header.last_event_time >= quiet_period
-
-
-def needs_check(header: StudyHeader, now_wall: float, quiet_period: float) -> bool:
-    """Cheap pre-check for the completeness timer: worth asking the agent to decide.
-
-    A sealed revision always is: its ready record was not acknowledged yet (a worker stopped in between).
-    """
-    if header.status is StudyStatus.SEALED:
-        return True
-    return header.status is StudyStatus.RECEIVING and (
-        header.commitment_requested or header.ready_now or now_wall - header.last_wall_time >= quiet_period
-    )
-
-
-def mark_sealed(header: StudyHeader, sealed_at: str) -> StudyHeader:
-    """The open revision is complete: from now on a new instance opens the next one."""
-    return _replace(header, status=StudyStatus.SEALED, sealed_at=sealed_at)
-
-
-def mark_published(header: StudyHeader) -> StudyHeader:
-    return _replace(header, status=StudyStatus.PUBLISHED, published_revision=header.revision)
-
-
-def mark_failed(header: StudyHeader, reason: str) -> StudyHeader:
-    return _replace(header, status=StudyStatus.FAILED, failure=reason)
-
-
-def mark_conflict(header: StudyHeader, sealed_at: str) -> StudyHeader:
-    """The open revision is complete but holds instances of more than one patient: it is not uploaded."""
-    return _replace(header, status=StudyStatus.CONFLICT, sealed_at=sealed_at, failure=PATIENT_CONFLICT)
+    if offset <= header.applied_offset:
+        return header
+    changes: dict[str, Any] = {
+        "applied_offset": offset,
+        "mpps_uid": step.mpps_uid,
+        "mpps_status": step.status,
+        "mpps_reason_code": step.reason_code,
+        "mpps_reason_meaning": step.reason_meaning,
+    }
+    completes = step.status == "COMPLETED" and bool(step.sop_instance_uids) and not step.truncated
+    if completes and header.status is StudyStatus.RECEIVING:
+        waiting = tuple(dict.fromkeys((*header.mpps_waiting, *missing)))
+        changes.update(mpps_waiting=waiting, mpps_completed=not waiting, mpps_hold_until=hold_until if waiting else 0.0)
+    return _replace(header, **changes)

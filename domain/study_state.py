@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from domain.completeness import CompletedBy, Source
 from domain.errors import InvalidRecordError
 from domain.events import Codes, InstanceEvent, ShortText, Text, Uid
 from domain.patient import IdentityOptions, identity_key, patient_identity
@@ -26,7 +27,7 @@ from domain.uids import is_valid_uid
 _T = TypeVar("_T", bound=msgspec.Struct)
 _replace = msgspec.structs.replace
 
-STATE_SCHEMA_VERSION = 3  # 3: patient identities (conflicts), latest-wins attributes, image lateralities
+STATE_SCHEMA_VERSION = 4  # 3: patient identities, latest-wins attributes, image lateralities; 4: sources, completed_by
 DEFAULT_IDENTITY = IdentityOptions()
 PATIENT_CONFLICT = "patient_conflict"  # the reason a conflicting revision is dead-lettered with
 
@@ -165,6 +166,22 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     resolved_key: str = ""  # ... and the one it chose
     attributes_at: float = 0.0  # event time of the latest instance whose study attributes ``study`` holds
     ready_now: bool = False  # a resolution decided the open revision: ready without a quiet period
+    # Schema 4. Who sent the study's instances (the completeness rules' input; at most MAX_SOURCES pairs,
+    # ``sources_overflow`` when more came), and the signal that completed the current revision.
+    sources: tuple[Source, ...] = ()
+    sources_overflow: bool = False
+    completed_by: CompletedBy = CompletedBy.NOT_YET
+    # The latest Modality Performed Procedure Step of the study that ended (COMPLETED or DISCONTINUED; the
+    # reason's code value and meaning when DISCONTINUED). A COMPLETED step names instances: ``mpps_waiting``
+    # those not seen yet (the quiet period waits for them until ``mpps_hold_until``, wall clock), then
+    # ``mpps_completed`` (the open revision is ready at once).
+    mpps_uid: str = ""
+    mpps_status: str = ""
+    mpps_reason_code: str = ""
+    mpps_reason_meaning: str = ""
+    mpps_waiting: tuple[str, ...] = ()
+    mpps_completed: bool = False
+    mpps_hold_until: float = 0.0
 
 
 class Arrival(msgspec.Struct, frozen=True, gc=False):

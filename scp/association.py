@@ -6,7 +6,8 @@ Sta13), A-ABORT, a protocol violation (A-P-ABORT with its reason) or silence pas
 
 Services: C-ECHO; C-STORE (the dataset streamed into a staged file as each P-DATA fragment arrives,
 see :mod:`scp.cstore`); N-ACTION of Storage Commitment, answered at once and followed by an
-N-EVENT-REPORT on this association or on one to the sender's own listener (:mod:`scp.commitment`).
+N-EVENT-REPORT on this association or on one to the sender's own listener (:mod:`scp.commitment`);
+N-CREATE and N-SET of Modality Performed Procedure Step (:mod:`scp.mpps`).
 Operations are performed one at a time (asynchronous operations window 1/1).
 """
 
@@ -31,8 +32,9 @@ from pynetdicom.presentation import PresentationContext
 from domain.statuses import SUCCESS, UNRECOGNIZED_OPERATION, StoreRefused
 from scp import dimse, pdu
 from scp.commitment import ReportRoute, commitment_action, report_on_new_association
-from scp.cstore import Arrival, StagedInstance, StoreLimits, commit_durably, identify
+from scp.cstore import Arrival, StagedInstance, StoreLimits, account_stored, commit_durably, identify
 from scp.metrics import ReceiverMetrics
+from scp.mpps import mpps_response
 from scp.negotiation import STORAGE_COMMITMENT, Accepted, Offer, Rejected, check_titles, negotiate
 from scp.outbox import Outbox
 from scp.storage import InstanceStore
@@ -59,6 +61,8 @@ class ReceiverDeps:
     index: Any = None  # scp.commitment.InstanceIndex
     report_route: ReportRoute | None = None
     commitment_max_uids: int = 10_000
+    mpps: Any = None  # scp.mpps.StepStore
+    mpps_max_instances: int = 10_000
     fault_after_store: int = 0
     active: dict[str, int] = field(default_factory=dict)  # calling AE → associations open
     background: set[asyncio.Task[None]] = field(default_factory=set)  # reports outliving their association
@@ -144,15 +148,13 @@ class Association:
                 self.deps.active[self.calling_ae] -= 1
                 if not self.deps.active[self.calling_ae]:
                     del self.deps.active[self.calling_ae]
+                took = time.monotonic() - started
                 log.info(
                     "association %s from %s closed: %d stored, %d refused, %d bytes in %.1f s",
-                    self.calling_ae,
-                    self.host,
-                    self.stored,
-                    self.refused,
-                    self.bytes_received,
-                    time.monotonic() - started,
-                )
+                    self.calling_ae, self.host, self.stored, self.refused, self.bytes_received, took,
+                    extra={"calling_ae": self.calling_ae, "peer": self.host, "stored": self.stored,
+                           "refused": self.refused, "bytes": self.bytes_received, "duration_ms": round(took * 1000)},
+                )  # fmt: skip
             self.writer.close()
             try:
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
@@ -309,6 +311,8 @@ class Association:
             await self.c_store(message)
         elif field_ == dimse.N_ACTION_RQ:
             await self.n_action(message)
+        elif field_ in (dimse.N_CREATE_RQ, dimse.N_SET_RQ) and self.deps.mpps is not None:
+            await self.mpps(message)
         elif field_ == dimse.N_EVENT_REPORT_RSP:
             reply = self.replies.pop(int(message.command.get("MessageIDBeingRespondedTo", -1)), None)
             if reply is not None and not reply.done():
@@ -352,6 +356,15 @@ class Association:
             task = asyncio.create_task(self.deliver_report(message.context_id, report))
             owner.add(task)
             task.add_done_callback(owner.discard)
+
+    async def mpps(self, message: _Message) -> None:
+        """N-CREATE / N-SET of a Modality Performed Procedure Step (:mod:`scp.mpps`)."""
+        sink = message.sink
+        info = Dataset() if sink is None else None  # no dataset at all: every attribute is missing
+        if isinstance(sink, _Memory) and not sink.too_large:
+            info = self.decode_dataset(message.context_id, sink.buffer.getvalue())
+        rsp = await self.deps.run_blocking(mpps_response, self.deps, message.command, info, self.calling_ae)
+        await self.send_command(message.context_id, rsp)
 
     def reports_elsewhere(self) -> bool:
         route = self.deps.report_route
@@ -452,14 +465,7 @@ def store_instance(deps: ReceiverDeps, staged: StagedInstance, arrival: Arrival)
     finally:
         if path is not None:
             path.unlink(missing_ok=True)  # renamed away on success; otherwise the partial file must not linger
-    if deps.index is not None:
-        try:
-            deps.index.record(event.sop_instance_uid, event.sop_class_uid, event.study_uid, str(target))
-        except Exception as exc:  # noqa: BLE001 - the index only serves Storage Commitment: never fail a store
-            log.warning("C-STORE %s: not indexed for storage commitment (%s)", event.sop_instance_uid, exc)
-    outcome = "duplicate" if stored.duplicate else "replaced" if stored.replaced else "new"
-    deps.metrics.instances_stored.labels(outcome=outcome).inc()
-    deps.metrics.bytes_stored.inc(stored.size)
+    account_stored(deps.index, deps.metrics, event, target, stored, "C-STORE")
     count = next(deps.stored)
     if deps.fault_after_store and count >= deps.fault_after_store:
         log.error("fault injection: exiting after %d stored instances, before publishing", count)

@@ -17,6 +17,7 @@ from types import FrameType
 
 import click
 
+from adapters.log_setup import configure_logging
 from app.settings import Settings, get_settings
 
 log = logging.getLogger(f"studystream.{__name__}")
@@ -36,7 +37,10 @@ _RESTART_DELAY = 1.0  # seconds before a crashed receiving process is started ag
     "--processes", type=int, default=None, help="Receiving processes on the port [STUDYSTREAM_RECEIVER_PROCESSES]."
 )
 @click.option(
-    "--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+    "--log-level",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Level of StudyStream's own lines [STUDYSTREAM_LOG_LEVEL, default INFO]; libraries: STUDYSTREAM_LOG_LEVELS.",
 )
 @click.option("--slot", type=int, default=None, hidden=True)
 def receive(
@@ -44,14 +48,13 @@ def receive(
     ae_title: str | None,
     storage_dir: Path | None,
     processes: int | None,
-    log_level: str,
+    log_level: str | None,
     slot: int | None,
 ) -> None:
     """Receive DICOM instances (C-STORE, C-ECHO), store them as received and publish one event each."""
     settings = get_settings()
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    log_level = (log_level or settings.log_level).upper()
+    configure_logging(settings, "receiver", log_level)
     port = port or settings.dicom_port
     ae_title = ae_title or settings.ae_title
     storage_dir = storage_dir or settings.storage_dir

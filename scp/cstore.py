@@ -29,6 +29,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from pydicom import dcmread
@@ -87,10 +88,21 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, implement
 
 
 class StagedInstance:
-    """The temporary file one C-STORE's dataset streams into (see the module doc)."""
+    """The temporary file one C-STORE's dataset streams into (see the module doc).
+
+    ``with_file_meta=False``: the bytes written are a whole PS3.10 file already (a STOW-RS part), kept as
+    received; the UIDs are then unknown here and may be empty.
+    """
 
     def __init__(
-        self, store: InstanceStore, sop_class: str, sop_instance: str, transfer_syntax: str, limits: StoreLimits
+        self,
+        store: InstanceStore,
+        sop_class: str,
+        sop_instance: str,
+        transfer_syntax: str,
+        limits: StoreLimits,
+        *,
+        with_file_meta: bool = True,
     ) -> None:
         self.limits = limits
         self.transfer_syntax = transfer_syntax
@@ -110,8 +122,11 @@ class StagedInstance:
         try:
             fd, self.path = store.new_staged_file()
             self._file = os.fdopen(fd, "wb")
-            meta = file_meta(sop_class, sop_instance, transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)
-            self._write(b"\x00" * 128 + b"DICM" + meta)
+            if with_file_meta:
+                meta = file_meta(
+                    sop_class, sop_instance, transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+                )
+                self._write(b"\x00" * 128 + b"DICM" + meta)
         except OSError as exc:
             self._fail(StoreRefused("storage_error", f"cannot stage: {exc.strerror}"))
         except Exception as exc:  # noqa: BLE001 - the request's UIDs did not encode as File Meta
@@ -295,3 +310,20 @@ def commit_durably(
             # The file is in place and the row holds a valid (merely unflagged) event: publish that.
             log.warning("C-STORE %s: could not flag the event (%s)", event.sop_instance_uid, exc)
     return stored, row_id
+
+
+def account_stored(
+    index: Any, metrics: Any, event: InstanceEvent, target: Path, stored: StoredInstance, via: str
+) -> None:
+    """After step 3, for C-STORE and STOW-RS alike: index the instance for Storage Commitment and count it.
+
+    ``index``: :class:`scp.commitment.InstanceIndex` or None; ``metrics``: :class:`scp.metrics.ReceiverMetrics`.
+    """
+    if index is not None:
+        try:
+            index.record(event.sop_instance_uid, event.sop_class_uid, event.study_uid, str(target))
+        except Exception as exc:  # noqa: BLE001 - the index only serves Storage Commitment: never fail a store
+            log.warning("%s %s: not indexed for storage commitment (%s)", via, event.sop_instance_uid, exc)
+    outcome = "duplicate" if stored.duplicate else "replaced" if stored.replaced else "new"
+    metrics.instances_stored.labels(outcome=outcome).inc()
+    metrics.bytes_stored.inc(stored.size)

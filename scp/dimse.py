@@ -19,6 +19,8 @@ C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP = 0x0100, 0x8100
 N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
+N_SET_RQ, N_SET_RSP = 0x0120, 0x8120
+N_CREATE_RQ, N_CREATE_RSP = 0x0140, 0x8140
 C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101
 WITH_DATASET = 0x0001
@@ -69,6 +71,11 @@ def _uid(value: str) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
 
 
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")
+    return raw + b" " if len(raw) % 2 else raw
+
+
 def _us(value: int) -> bytes:
     return struct.pack("<H", value)
 
@@ -81,8 +88,10 @@ def response(
     sop_class: str | None = None,
     sop_instance: str | None = None,
     with_dataset: bool = False,
+    error_comment: str = "",
+    error_id: int | None = None,
 ) -> bytes:
-    """The response to ``request`` (its Message ID) with ``status``.
+    """The response to ``request`` (its Message ID) with ``status`` (and, for a failure, an Error Comment and ID).
 
     Encoded by hand (seven fixed elements in tag order): pydicom's writer cost more per C-STORE than
     the rest of the response path together.
@@ -104,6 +113,10 @@ def response(
         _implicit(0x0800, _us(WITH_DATASET if with_dataset else NO_DATASET)),
         _implicit(0x0900, _us(status)),
     ]
+    if error_comment:
+        parts.append(_implicit(0x0902, _text(error_comment[:64])))
+    if error_id is not None:
+        parts.append(_implicit(0x0903, _us(error_id)))
     if instance:
         parts.append(_implicit(0x1000, _uid(str(instance))))
     if field == N_ACTION_RSP and "ActionTypeID" in request and status == 0:

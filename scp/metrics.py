@@ -49,6 +49,27 @@ class ReceiverMetrics:
             registry=self.registry,
         )
         self._publisher_metrics()
+        self._stow_metrics()
+
+    def _stow_metrics(self) -> None:
+        self.stow_requests = Counter(
+            "studystream_receiver_stow_requests",
+            "DICOMweb STOW-RS requests answered, by HTTP status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.stow_instances = Counter(
+            "studystream_receiver_stow_instances",
+            "Parts of STOW-RS requests, by outcome: stored, or the failure reason",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.stow_seconds = Histogram(
+            "studystream_receiver_stow_seconds",
+            "Time from a STOW-RS request's start to its answer (body read, every instance durable)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+            registry=self.registry,
+        )
 
     def _publisher_metrics(self) -> None:
         self.outbox_depth = Gauge(

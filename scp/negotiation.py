@@ -29,6 +29,7 @@ from pynetdicom.presentation import PresentationContext, build_context, negotiat
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 # A UUID-derived UID (PS3.5 B.2): StudyStream has no registered root of its own.
 IMPLEMENTATION_CLASS_UID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_DNS, 'studystream.receiver').int}"
 IMPLEMENTATION_VERSION = "STUDYSTREAM_1"
@@ -65,10 +66,12 @@ UNCOMPRESSED = TRANSFER_SYNTAXES[:4]
 
 
 def supported_contexts() -> list[PresentationContext]:
-    """Every Storage SOP class with every transfer syntax; Verification and Storage Commitment uncompressed."""
+    """Every Storage SOP class with every transfer syntax; Verification, Storage Commitment and Modality
+    Performed Procedure Step uncompressed."""
     contexts = [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
     contexts.append(build_context(VERIFICATION, UNCOMPRESSED))
     contexts.append(build_context(STORAGE_COMMITMENT, UNCOMPRESSED))
+    contexts.append(build_context(MODALITY_PERFORMED_PROCEDURE_STEP, UNCOMPRESSED))
     return contexts
 
 

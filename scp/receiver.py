@@ -25,10 +25,12 @@ from scp.association import Association, ReceiverDeps
 from scp.commitment import InstanceIndex, ReportRoute, parse_commitment_peers
 from scp.cstore import EVENT_ROOM_BYTES, StoreLimits
 from scp.metrics import ReceiverMetrics, start_http
+from scp.mpps import StepStore
 from scp.negotiation import CallingAllowlist, Offer, supported_contexts
 from scp.outbox import Outbox
 from scp.publisher import Publisher
 from scp.storage import InstanceStore, file_sha256
+from scp.stow import start_dicomweb
 
 log = logging.getLogger(f"studystream.{__name__}")
 
@@ -53,6 +55,11 @@ def outbox_path(settings: Settings, slot: int) -> Path:
 
 def index_path(settings: Settings) -> Path:
     return outbox_path(settings, 0).parent / "receiver-index.sqlite"
+
+
+def mpps_path(settings: Settings) -> Path:
+    """The Modality Performed Procedure Steps, shared by the receiving processes (:mod:`scp.mpps`)."""
+    return outbox_path(settings, 0).parent / "receiver-mpps.sqlite"
 
 
 def slot_of_outbox(settings: Settings, path: Path) -> int | None:
@@ -130,9 +137,11 @@ class Receiver:
         self.outbox: Outbox | None = None
         self.store: InstanceStore | None = None
         self.index: InstanceIndex | None = None
+        self.mpps: StepStore | None = None
         self.publisher: Publisher | None = None
         self.server: asyncio.Server | None = None
         self.http: Any = None
+        self.dicomweb: Any = None  # aiohttp AppRunner of the STOW-RS front door, when it serves
         self.associations: set[asyncio.Task[None]] = set()
         self.deps: ReceiverDeps | None = None
 
@@ -157,7 +166,9 @@ class Receiver:
         self.publisher = Publisher(s, self.outbox, self.metrics)
         self.publisher.start()
         self.index = InstanceIndex(index_path(s), busy_timeout=s.receiver_index_timeout)
+        self.mpps = StepStore(mpps_path(s), busy_timeout=s.receiver_index_timeout, fsync=s.receiver_fsync)
         self.deps = self._deps(asyncio.get_running_loop(), self.store, self.outbox, self.index)
+        self.deps.mpps, self.deps.mpps_max_instances = self.mpps, s.receiver_mpps_max_instances
         self.server = await asyncio.start_server(
             self.serve,
             s.dicom_host,
@@ -169,6 +180,9 @@ class Receiver:
         )
         if s.receiver_metrics_port:
             self.http = start_http(self.metrics, s.dicom_host, s.receiver_metrics_port + self.slot, self.health)
+        self.dicomweb = await start_dicomweb(
+            self.deps, s, self.ae_title, s.dicom_host, s.receiver_dicomweb_port, tls_context(s)
+        )
         log.info(
             "receiver %s listening on %s:%d (slot %d), storing in %s",
             self.ae_title,
@@ -240,6 +254,8 @@ class Receiver:
         log.info("receiver stopping")
         if self.server is not None:
             self.server.close()
+        if self.dicomweb is not None:
+            await self.dicomweb.cleanup()  # requests under way finish (bounded by receiver_acse_timeout)
         if self.associations:
             _, running = await asyncio.wait(list(self.associations), timeout=self.settings.receiver_acse_timeout)
             for task in running:
@@ -253,6 +269,8 @@ class Receiver:
             self.store.close()
         if self.index is not None:
             self.index.close()
+        if self.mpps is not None:
+            self.mpps.close()
         if self.outbox is not None:
             self.outbox.close()
 

@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from domain.completeness import format_quiet
 from web.render import STATUSES
 
 STYLE = """
@@ -121,7 +122,7 @@ def index_page(
     head = (
         "<tr><th>Study</th><th>Status</th><th>Rev</th><th>Series</th><th>Instances</th><th>Modalities</th>"
         "<th>Accession</th><th>Patient</th><th>First received</th><th>Last received</th><th>Age</th>"
-        "<th>Quiet period</th><th>FHIR</th></tr>"
+        "<th>Quiet period</th><th>Completed by</th><th>FHIR</th></tr>"
     )
     lines = []
     for r in rows:
@@ -135,9 +136,10 @@ def index_page(
             f"<td>{escape(', '.join(r['modalities']))}</td><td>{escape(r['accession_number'])}</td>"
             f"<td>{patient_cell(r['patient'])}</td>"
             f"<td>{time_cell(r['first_received'])}</td><td>{time_cell(r['last_received'])}</td>"
-            f"<td>{duration(r['age_seconds'])}</td><td>{quiet}</td><td>{fhir_cell(r['fhir'])}</td></tr>"
+            f"<td>{duration(r['age_seconds'])}</td><td>{quiet}</td><td>{escape(r['completed_by'] or '')}</td>"
+            f"<td>{fhir_cell(r['fhir'])}</td></tr>"
         )
-    empty = '<tr><td colspan="13" class="hidden">no studies</td></tr>' if not rows else ""
+    empty = '<tr><td colspan="14" class="hidden">no studies</td></tr>' if not rows else ""
     warnings = "".join(f'<p class="warn">{escape(e)}</p>' for e in errors)
     if outage and outage.get("parked"):
         warnings += (
@@ -172,6 +174,32 @@ def identities_cell(patients: list[Mapping[str, Any]], study_uid: str) -> str:
     return f"<ul>{''.join(items)}</ul>{hint}"
 
 
+def mpps_cell(mpps: Mapping[str, Any] | None) -> str:
+    """The study's latest performed procedure step: its status, a discontinuation's reason."""
+    if not mpps:
+        return ""
+    text = f"{escape(mpps['status'])} <code>{escape(mpps['uid'])}</code>"
+    reason = mpps.get("reason")
+    if reason:
+        text += " · reason: " + escape(" ".join(x for x in (reason["code"], reason["meaning"]) if x) or "(none given)")
+    if mpps.get("waiting_for_instances"):
+        text += f" · waiting for {int(mpps['waiting_for_instances'])} instance(s)"
+    return text
+
+
+def completeness_cell(completeness: Mapping[str, Any]) -> str:
+    """The study's quiet period, the signals its sources are trusted for, and the sources themselves."""
+    sources = ", ".join(
+        " ".join(x for x in (s["calling_ae"] or "(no AE)", s["modality"]) if x) for s in completeness["sources"]
+    )
+    more = " and more" if completeness["sources_truncated"] else ""
+    trusted = ", ".join(completeness["trusted_signals"]) or "none"
+    return (
+        f"quiet period {format_quiet(completeness['quiet_period_seconds'])} · trusted: {escape(trusted)}"
+        f" · sources: {escape(sources or 'none recorded')}{more}"
+    )
+
+
 def detail_page(study: Mapping[str, Any], refresh_seconds: int) -> str:
     """One study: attributes, FHIR outcome, series, instances."""
     facts = [
@@ -190,6 +218,9 @@ def detail_page(study: Mapping[str, Any], refresh_seconds: int) -> str:
         ("Last received", escape(study["last_received"])),
         ("Age", duration(study["age_seconds"])),
         ("Quiet period", quiet_cell(study["quiet_remaining_seconds"])),
+        ("Completed by", escape(study["completed_by"] or "")),
+        ("Completeness", completeness_cell(study["completeness"])),
+        ("MPPS", mpps_cell(study.get("mpps"))),
         ("FHIR", fhir_cell(study["fhir"])),
     ]
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in facts)

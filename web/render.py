@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from domain.completeness import Completeness, CompletenessPolicy
 from domain.study import in_conflict
 from domain.study_state import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus
 from domain.uids import is_valid_uid
@@ -34,6 +35,12 @@ STATUSES = tuple(s.value for s in DisplayStatus)
 class ViewOptions:
     show_patient_data: bool
     quiet_period: float
+    completeness: CompletenessPolicy | None = None  # the rules by source; None: ``quiet_period`` for every study
+
+    def completeness_of(self, header: StudyHeader) -> Completeness:
+        if self.completeness is None:
+            return Completeness(self.quiet_period)
+        return self.completeness.decide(header.sources, header.sources_overflow)
 
 
 def display_status(header: StudyHeader, outcome: UploadOutcome | None) -> DisplayStatus:
@@ -65,6 +72,16 @@ def quiet_remaining(header: StudyHeader, now: float, quiet_period: float) -> flo
     if header.status is not StudyStatus.RECEIVING:
         return None
     return round(max(0.0, quiet_period - (now - header.last_wall_time)), 1)
+
+
+def completeness_fields(header: StudyHeader, completeness: Completeness) -> dict[str, Any]:
+    """Who sent the study and what its completeness rules make of them (see domain.completeness)."""
+    return {
+        "quiet_period_seconds": completeness.quiet_period,
+        "trusted_signals": sorted(s.value for s in completeness.trusted_signals),
+        "sources": [{"calling_ae": s.calling_ae, "modality": s.modality} for s in header.sources],
+        "sources_truncated": header.sources_overflow,
+    }
 
 
 def patient_fields(header: StudyHeader, show: bool) -> dict[str, str] | None:
@@ -117,6 +134,7 @@ def study_row(
     """The JSON-ready row of one study."""
     first = _epoch(header.first_received)
     study = header.study
+    completeness = options.completeness_of(header)
     return {
         "study_uid": study.uid,
         "status": display_status(header, outcome).value,
@@ -132,13 +150,29 @@ def study_row(
         "first_received": header.first_received,
         "last_received": header.last_received,
         "age_seconds": round(now - first, 1) if first is not None else None,
-        "quiet_remaining_seconds": quiet_remaining(header, now, options.quiet_period),
+        "quiet_remaining_seconds": quiet_remaining(header, now, completeness.quiet_period),
+        "completed_by": header.completed_by.value or None,
+        "completeness": completeness_fields(header, completeness),
+        "mpps": mpps_fields(header),
         "failure": header.failure,
         "partition": header.partition,
         "patient": patient_fields(header, options.show_patient_data),
         "patients": patients_fields(header, options.show_patient_data),
         "resolved_patient": header.resolved_key or None,
         "fhir": outcome_fields(outcome, options.show_patient_data),
+    }
+
+
+def mpps_fields(header: StudyHeader) -> dict[str, Any] | None:
+    """The study's latest Modality Performed Procedure Step that ended (``None``: none was read)."""
+    if not header.mpps_uid:
+        return None
+    discontinued = header.mpps_status == "DISCONTINUED"
+    return {
+        "uid": header.mpps_uid,
+        "status": header.mpps_status,
+        "waiting_for_instances": len(header.mpps_waiting),
+        "reason": {"code": header.mpps_reason_code, "meaning": header.mpps_reason_meaning} if discontinued else None,
     }
 
 

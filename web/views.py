@@ -43,7 +43,7 @@ from tables.studies import StudyTables
 from web import html, render
 from web.auth import WebCredentials, challenge, is_authorized
 from web.dlq import read_recent_dead_letters
-from web.metrics import WebMetrics
+from web.metrics import WebMetrics, consumer_lag, fhir_delay
 
 if TYPE_CHECKING:
     from agents.policy import MessagePolicy
@@ -74,12 +74,17 @@ class StudyWeb:
         self.outcomes = outcomes
         self.uploader = uploader
         self.credentials = WebCredentials.from_settings(settings)
-        self.options = render.ViewOptions(settings.web_show_patient_data, settings.quiet_period)
+        self.options = render.ViewOptions(
+            settings.web_show_patient_data, settings.quiet_period, settings.completeness_policy
+        )
         self.metrics = WebMetrics(
             self.local_status_counts,
             lambda: dict(aggregator_counts),
             lambda: dict(dead_letters),
             lambda: dict(policy.timer_failures),
+            consumer_lag=lambda: consumer_lag(app.consumer),
+            fhir_delays=self.local_fhir_delays,
+            delivery=policy.gate.counts,
         )
         self.corrupt_rows = 0
 
@@ -105,6 +110,13 @@ class StudyWeb:
             modalities = (s.modality for s in self.tables.study_series(uid, header.partition))
             rows.append(render.study_row(header, self.outcome(uid), modalities, now, self.options))
         return rows
+
+    def local_fhir_delays(self) -> Iterator[float]:
+        """Seconds from last instance to FHIR of each published study on this worker's partitions (``/metrics``)."""
+        for header in self.local_headers():
+            delay = fhir_delay(header, self.outcome(header.study.uid))
+            if delay is not None:
+                yield delay
 
     def local_status_counts(self) -> dict[str, int]:
         return render.status_counts(self.local_rows(time.time()))
@@ -323,9 +335,12 @@ def _register_probes(app: faust.App, web_state: StudyWeb, ProtectedView: type[Vi
             healthy = state == "running"
             return self.json({"status": "ok" if healthy else state}, status=200 if healthy else 503)
 
+    warned: list[bool] = []  # Faust sends on_worker_init twice (its CLI, then its worker): one line
+
     @app.on_worker_init.connect
     def warn_if_locked(sender: faust.App, **_: Any) -> None:
-        if web_state.credentials.locked:
+        if web_state.credentials.locked and not warned:
+            warned.append(True)
             log.warning(
                 "web view locked: set STUDYSTREAM_WEB_TOKEN or STUDYSTREAM_WEB_BASIC_USER/_PASSWORD "
                 "(or STUDYSTREAM_WEB_AUTH_DISABLED=true for local development)"

@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.settings import Settings
+from app.worker import READY_MESSAGE
 from domain.events import InstanceEvent, encode_instance_event
 from domain.ready import StudyReady, decode_study_ready
 from tests.conftest import ROOT, create_test_topics, free_port, pipeline_settings, wait_for, worker_env
@@ -121,9 +122,9 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_started(self, starts: int = 1) -> None:
-        """Wait until the worker's Faust service says Ready (``starts``-th time in this log)."""
+        """Wait until the worker logs that it is ready (``starts``-th time in this log)."""
         wait_for(
-            lambda: self.log().count("[^Worker]: Ready") >= starts or self.exited(),
+            lambda: self.log().count(READY_MESSAGE) >= starts or self.exited(),
             WORKER_START_TIMEOUT,
             what=f"worker on port {self.web_port} to start",
         )

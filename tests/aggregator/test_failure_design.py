@@ -112,6 +112,33 @@ def test_an_infrastructure_failure_stops_the_worker_without_committing_the_recor
         raw.close()
 
 
+def test_a_record_faust_acknowledges_without_the_agent_is_not_committed_but_read_again_and_aggregated(
+    aggregator_settings: Settings, workers: list[Worker], ready_topic: TopicCollector, tmp_path: Path
+) -> None:
+    """Faust's stream acknowledges records it skips around a rebalance (generation changed, flow
+    suspended); the fault point does the same to a study's first record on a worker that stays put."""
+    study = SyntheticStudy(series=1, per_series=4)
+    skipping = aggregator_settings.model_copy(
+        update={"aggregator_fault_point": "faust_skip", "aggregator_fault_study": study.uid}
+    )
+    raw = TopicCollector(aggregator_settings, aggregator_settings.topic_raw)
+    try:
+        worker = new_worker(workers, skipping, tmp_path, "w1").start()
+        worker.wait_started()
+        produce_events(aggregator_settings, study.events())
+
+        (record,) = wait_for(lambda: ready_topic.ready_for(study.uid), READY_TIMEOUT, what="the study ready")
+        assert (record.revision, record.number_of_instances) == (1, 4)
+        log = worker.log()
+        assert "acknowledged by Faust without reaching the agent" in log
+        wait_for(lambda: len(_offsets_of(raw, study.uid.encode())) == 4, 30, what="the 4 records read back")
+        partition, last = partition_of(raw, study.uid.encode()), _offsets_of(raw, study.uid.encode())[-1]
+        wait_for(lambda: committed(aggregator_settings).get(partition, 0) > last, 60, what="every record committed")
+        assert len(ready_topic.ready_for(study.uid)) == 1
+    finally:
+        raw.close()
+
+
 def _offsets_of(collector: TopicCollector, key: bytes) -> list[int]:
     """Offsets of ``key``'s records in their partition, in order (the collector reads each partition in order)."""
     partition = partition_of(collector, key)

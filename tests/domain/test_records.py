@@ -14,17 +14,22 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from domain import study as rules
-from domain.batch import BatchState, apply_commitment, apply_event, apply_resolution
+from domain.batch import BatchState, apply_commitment, apply_event, apply_performed_step, apply_resolution
+from domain.completeness import Completeness
 from domain.errors import InvalidRecordError
 from domain.events import (
     CommitmentRequest,
     InstanceEvent,
     PatientResolution,
+    PerformedProcedureStep,
+    StowBoundary,
     decode_instance_event,
     decode_raw_record,
     encode_commitment_request,
     encode_instance_event,
+    encode_performed_procedure_step,
     encode_resolution,
+    encode_stow_boundary,
 )
 from domain.fhir_mapping import MappingOptions, build_transaction_bundle
 from domain.ready import build_study_ready, decode_study_ready, encode_study_ready
@@ -35,6 +40,10 @@ from tests.factories import make_event, make_ready
 STUDY = "1.2.826.0.1.3680043.10.1404.77"
 VALID_EVENT = make_event(STUDY, f"{STUDY}.1", 1)
 VALID_COMMITMENT = CommitmentRequest(STUDY, "2.25.9", (f"{STUDY}.1.1",))
+VALID_MPPS = PerformedProcedureStep(
+    STUDY, "2.25.11", "COMPLETED", (f"{STUDY}.1.1", f"{STUDY}.1.2"), calling_ae="MOD", received_at="t"
+)
+VALID_STOW = StowBoundary(STUDY, "2.25.10", (f"{STUDY}.1.1",), calling_ae="DICOMWEB", received_at="t")
 
 
 def test_a_valid_event_round_trips_and_unknown_fields_are_ignored() -> None:
@@ -139,10 +148,13 @@ def _aggregate(raw: bytes, key: bytes) -> None:
     batch = BatchState(tables)
     seed = rules.Arrival(1000.0, 1000.0, 0, 0)
     apply_event(batch, VALID_EVENT, seed, max_instances=10)  # the study exists, so the record meets real state
-    if isinstance(record, CommitmentRequest):
+    if isinstance(record, CommitmentRequest | StowBoundary):
         apply_commitment(batch, record, 0, 1)
     elif isinstance(record, PatientResolution):
         apply_resolution(batch, record, 0, 1)
+    elif isinstance(record, PerformedProcedureStep):
+        apply_performed_step(batch, record, 0, 1, hold_until=2000.0)
+        rules.ready_signal(batch.studies[STUDY].header, 1500.0, 1500.0, Completeness(30.0))
     else:
         at = rules.Arrival(1001.0, event_time_of(record, None, 1001.0), 0, 1)
         apply_event(batch, record, at, max_instances=10)
@@ -168,6 +180,52 @@ def test_a_mutated_commitment_record_decodes_to_a_usable_record_or_is_an_invalid
         _aggregate(raw, STUDY.encode())
     except InvalidRecordError:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(mutated(orjson.loads(encode_stow_boundary(VALID_STOW))))
+def test_a_mutated_stow_boundary_record_decodes_to_a_usable_record_or_is_an_invalid_record(raw: bytes) -> None:
+    try:
+        _aggregate(raw, STUDY.encode())
+    except InvalidRecordError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(mutated(orjson.loads(encode_performed_procedure_step(VALID_MPPS))))
+def test_a_mutated_performed_procedure_step_record_decodes_to_a_usable_record_or_is_an_invalid_record(
+    raw: bytes,
+) -> None:
+    try:
+        _aggregate(raw, STUDY.encode())
+    except InvalidRecordError:
+        pass
+
+
+def test_the_performed_procedure_step_record_round_trips_and_an_older_one_decodes() -> None:
+    raw = encode_performed_procedure_step(VALID_MPPS)
+    assert decode_raw_record(raw) == VALID_MPPS
+    assert orjson.loads(raw)["record_type"] == "performed_procedure_step"
+    oldest = {
+        "study_uid": STUDY,
+        "mpps_uid": "2.25.11",
+        "status": "DISCONTINUED",
+        "record_type": "performed_procedure_step",
+    }
+    assert decode_raw_record(orjson.dumps(oldest)) == PerformedProcedureStep(STUDY, "2.25.11", "DISCONTINUED")
+    newer = orjson.loads(raw) | {"schema_version": 2, "performed_station": "CT1"}  # a newer receiver's fields
+    assert decode_raw_record(orjson.dumps(newer)) == replace(VALID_MPPS, schema_version=2)
+    for bad in ({"status": "IN PROGRESS"}, {"sop_instance_uids": ["1.2|3"]}, {"reason_meaning": "x" * 65}):
+        with pytest.raises(InvalidRecordError):
+            decode_raw_record(orjson.dumps(orjson.loads(raw) | bad))
+
+
+def test_the_stow_boundary_record_round_trips_as_its_own_kind() -> None:
+    record = decode_raw_record(encode_stow_boundary(VALID_STOW))
+    assert record == VALID_STOW and isinstance(record, StowBoundary)
+    assert orjson.loads(encode_stow_boundary(VALID_STOW))["record_type"] == "stow_request"
+    with pytest.raises(InvalidRecordError):
+        decode_raw_record(encode_stow_boundary(VALID_STOW).replace(b'"parts":1', b'"parts":0'))
 
 
 def _resolution_of_the_valid_event() -> PatientResolution:

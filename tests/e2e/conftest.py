@@ -348,7 +348,7 @@ def start_e2e(kafka: Settings, fhir: Settings, tmp: Path, workers: int = 2, **ov
     started = [Worker(env, tmp / "logs", f"worker{i + 1}").start() for i in range(workers)]
     receiver = Receiver(root=tmp / "receiver", topic=settings.topic_raw, broker_url=settings.broker_url)
     receiver.root.mkdir(parents=True, exist_ok=True)
-    receiver.start()
+    receiver.start(**{name: value for name, value in env.items() if name.startswith("STUDYSTREAM_LOG_")})
     raw = TopicCollector(settings, settings.topic_raw)
     dlq = TopicCollector(settings, settings.topic_dlq)
     e2e = E2E(settings, tmp, Pipeline(settings, fhir.fhir_base_url, started[0], proxy, dlq), receiver, started, raw)

@@ -110,8 +110,17 @@ def test_run_starts_the_pipeline_and_ctrl_c_stops_everything(tmp_path: Path, fhi
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     output = (tmp_path / "run.log").read_text()
+    # The addresses and the login once, StudyStream's lines (no Faust tables), then what was stopped.
+    assert output.count("StudyStream is running") == 1 and output.count("Press Ctrl-C") == 1
+    assert output.count(f"DICOM     localhost:{settings.dicom_port}, AE title {settings.ae_title}") == 1
+    assert output.count(f"web view  http://localhost:{settings.web_port}/  user studystream, password ") == 1
+    assert output.count(f"FHIR      {settings.fhir_base_url}") == 1 and output.count("Kafka     localhost:") == 1
+    assert "worker ready" in output and "listening on" in output
+    assert not [s for s in ("opening partition", "Subscription", "[^Worker]", "+-----") if s in output]
+    assert "receiver: stopped" in output and "worker: stopped" in output
     assert "kafka: stopped" in output
     assert "fhir: stopped" not in output
+    assert "Stopped: worker, receiver, kafka. Left running: fhir" in output
     assert not kafka_healthy(settings)
     assert _pids_under(state_dir) == []
 

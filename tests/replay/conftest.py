@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
 from app.settings import Settings
+from app.worker import READY_MESSAGE
 from domain.events import InstanceEvent, encode_instance_event
 from domain.replay import group_id_for
 from tests.aggregator.conftest import STUDYSTREAM, SyntheticStudy, TopicCollector, Worker
@@ -93,7 +94,7 @@ class ReplayPipeline:
         wait_for(lambda: self.members(generation) == 0, 30, what="the worker to leave the consumer group")
 
     def restart_worker(self) -> None:
-        starts = self.worker.log().count("[^Worker]: Ready")
+        starts = self.worker.log().count(READY_MESSAGE)
         self.worker.start().wait_started(starts + 1)
 
     # --- FHIR (HAPI queried directly) ---
