@@ -83,6 +83,7 @@ class ReadyDecision:
     payload: bytes = b""
     build_ms: float = 0.0
     conflict: bool = False  # instances of more than one patient: dead-lettered, not published
+    registration: bool = False  # an early registration of a study still receiving (fhir_early_registration)
 
 
 def decode_check(message: Any) -> str:
@@ -117,6 +118,7 @@ class StudyAggregator:
         self.generation = generation
         self.identity = identity_options(settings)
         self.completeness = settings.completeness_policy  # the rules by source (domain.completeness)
+        self.registration_delay = settings.fhir_early_registration_delay if settings.fhir_early_registration else None
         self.counters: Counter[str] = Counter()
         # Per imaging.raw partition: next offset to process and the newest event time read. In memory
         # only: after a restart they are unknown until input flows, which makes is_ready wait.
@@ -240,8 +242,9 @@ class StudyAggregator:
             )
         else:
             header = batch.header(study_uid, message.partition)
+            signal = Signal.STOW if isinstance(request, StowBoundary) else Signal.COMMITMENT
             trusted = header is not None and self.completeness.decide(header.sources, header.sources_overflow).trusts(
-                Signal.COMMITMENT
+                signal
             )
             self.counters["commitments" if trusted else "commitments_untrusted"] += 1
             log.info(
@@ -249,7 +252,7 @@ class StudyAggregator:
                 study_uid,
                 transaction,
                 len(request.sop_instance_uids),
-                "ready now" if trusted else "from a source not trusted for commitment: waits for the quiet period",
+                "ready now" if trusted else f"from a source not trusted for {signal}: waits for the quiet period",
             )
 
     def on_resolution(self, message: Any, resolution: PatientResolution, batch: BatchState) -> None:
@@ -315,7 +318,7 @@ class StudyAggregator:
             logging.shutdown()
             os._exit(FAULT_EXIT_STATUS)
         for decision in ready:
-            closing += self.tables.header_writes(rules.mark_published(decision.header))
+            closing += self.tables.header_writes(self.after_sent(decision))
         await self.store.write(closing)
         for decision in ready:
             self.log_ready(decision)
@@ -337,6 +340,8 @@ class StudyAggregator:
             completeness = self.completeness.decide(header.sources, header.sources_overflow)
             signal = rules.ready_signal(header, now, self.event_clock(message.partition), completeness)
             if signal is None:
+                if rules.registration_due(header, now, self.registration_delay):
+                    decisions.append(ReadyDecision(event, header, registration=True))
                 return
             if rules.in_conflict(header):
                 # Written once the dead letter is acknowledged: a crash in between sends it again.
@@ -354,8 +359,9 @@ class StudyAggregator:
             header,
             self.tables.study_series(header.study.uid, header.partition),
             self.tables.study_instances(header.study.uid, header.partition),
-            ready_at=header.sealed_at,
+            ready_at=header.sealed_at or rules.iso_utc(time.time()),
             generation=self.generation,
+            registration=decision.registration,
         )
         payload = encode_study_ready(record)
         decision.build_ms = (time.perf_counter() - started) * 1000
@@ -382,9 +388,25 @@ class StudyAggregator:
         )
         self.counters["patient_conflicts"] += 1
 
+    @staticmethod
+    def after_sent(decision: ReadyDecision) -> rules.StudyHeader:
+        """The header once the decision's record is acknowledged: published, or (early) registered."""
+        if decision.registration:
+            return rules.mark_registered(decision.header, decision.record.ready_at if decision.record else "")
+        return rules.mark_published(decision.header)
+
     def log_ready(self, decision: ReadyDecision) -> None:
         record = decision.record
         assert record is not None
+        if decision.registration:
+            self.counters["registered"] += 1
+            log.info(
+                "study %s registered early: %d series, %d instances so far",
+                record.study_uid,
+                record.number_of_series,
+                record.number_of_instances,
+            )
+            return
         self.checks_sent.pop(record.study_uid, None)
         self.counters["ready"] += 1
         log.info(
@@ -415,9 +437,10 @@ class StudyAggregator:
                 continue
             completeness = self.completeness.decide(header.sources, header.sources_overflow)
             quiet, trusted = completeness.quiet_period, completeness.trusted_signals
-            if not rules.needs_check(header, now, quiet, trusted):
+            if not rules.needs_check(header, now, quiet, trusted, self.registration_delay):
                 continue
-            if header.status is rules.StudyStatus.RECEIVING:
+            registering = rules.registration_due(header, now, self.registration_delay)
+            if header.status is rules.StudyStatus.RECEIVING and not registering:
                 if header.partition not in clocks:
                     clocks[header.partition] = self.event_clock(header.partition)
                 # The same test as the agent's, so catch-up (event clock behind) sends nothing.

@@ -151,7 +151,7 @@ class StudyUploader:
         uid, now = record.study_uid, iso_utc(time.time())
         url = self.writer.client.absolute(rules.without_history(attempt.location)) if attempt.location else ""
         await self.outcomes.put(rules.published(known, uid, attempt.revision, url, now), partition)
-        kind = "superseded" if attempt.superseded else "published"
+        kind = "superseded" if attempt.superseded else "registered" if record.registration else "published"
         self.metrics.count(kind)
         log.info(
             "study %s revision %d %s in %.2f s (%d attempt(s))",

@@ -228,6 +228,15 @@ class Settings(StatusSettings, LogSettings, StowSettings, DicomSettings):
         description="JSON object: extra Coding Scheme Designators (`99MYHOSP`) → code system URI; without "
         "one, a local code keeps only its meaning as text.",
     )
+    fhir_early_registration: bool = Field(
+        False,
+        description="Write an ImagingStudy with status `registered` and what is known so far "
+        "`fhir_early_registration_delay` after a study's first instance, so order-tracking systems see it "
+        "begin; it turns `available` in place when the study is complete.",
+    )
+    fhir_early_registration_delay: float = Field(
+        5.0, ge=0, description="Seconds after a study's first instance before its early registration."
+    )
     fhir_update_patient: bool = Field(
         MAPPING_DEFAULTS.update_patient,
         description="Update the Patient elements StudyStream owns (name, gender, birthDate) when a later "

@@ -139,7 +139,13 @@ def apply_commitment(
         return CommitmentOutcome(known_study=False)
     missing = _not_seen(batch, request.study_uid, request.sop_instance_uids, partition)
     committed = rules.request_commitment(
-        header, missing, offset, transaction=request.transaction_uid, part=request.part, parts=request.parts
+        header,
+        missing,
+        offset,
+        transaction=request.transaction_uid,
+        part=request.part,
+        parts=request.parts,
+        signal="stow" if isinstance(request, StowBoundary) else "commitment",
     )
     return _named_outcome(batch, header, committed, missing)
 

@@ -174,7 +174,7 @@ def build_imaging_study(
         "resourceType": "ImagingStudy",
         "meta": {"tag": [revision_tag(ready.version, options), mapping_version_tag()]},
         "identifier": [{"use": "official", **study_identifier(study.uid)}],
-        "status": "available",
+        "status": "registered" if ready.registration else "available",
         "subject": {"reference": patient_ref, "type": "Patient"},
         "numberOfSeries": ready.number_of_series,
         "numberOfInstances": ready.number_of_instances,

@@ -15,6 +15,15 @@ from domain.study_state import PATIENT_CONFLICT, StudyHeader, StudyStatus
 
 _replace = msgspec.structs.replace
 
+# StudyHeader.commitment_signal → the signal a source must be trusted for, and what completed the study.
+_NAMED_BY = {"stow": (Signal.STOW, CompletedBy.STOW)}
+_COMMITMENT = (Signal.COMMITMENT, CompletedBy.COMMITMENT)
+
+
+def named_by(header: StudyHeader) -> tuple[Signal, CompletedBy]:
+    """What named the instances of ``commitment_requested``: a Storage Commitment, or a STOW-RS request."""
+    return _NAMED_BY.get(header.commitment_signal, _COMMITMENT)
+
 
 def ready_signal(
     header: StudyHeader, now_wall: float, now_event_time: float | None, completeness: Completeness
@@ -34,8 +43,8 @@ def ready_signal(
         return None
     if header.ready_now:
         return CompletedBy.RESOLUTION
-    if header.commitment_requested and completeness.trusts(Signal.COMMITMENT):
-        return CompletedBy.COMMITMENT
+    if header.commitment_requested and completeness.trusts(named_by(header)[0]):
+        return named_by(header)[1]
     if completeness.trusts(Signal.MPPS):
         if header.mpps_completed:
             return CompletedBy.MPPS
@@ -61,7 +70,11 @@ def is_ready(
 
 
 def needs_check(
-    header: StudyHeader, now_wall: float, quiet_period: float, trusted: frozenset[Signal] = ALL_SIGNALS
+    header: StudyHeader,
+    now_wall: float,
+    quiet_period: float,
+    trusted: frozenset[Signal] = ALL_SIGNALS,
+    registration_delay: float | None = None,
 ) -> bool:
     """Cheap pre-check for the completeness timer: worth asking the agent to decide.
 
@@ -69,12 +82,37 @@ def needs_check(
     """
     if header.status is StudyStatus.SEALED:
         return True
-    committed = (header.commitment_requested and Signal.COMMITMENT in trusted) or (
+    if registration_due(header, now_wall, registration_delay):
+        return True
+    committed = (header.commitment_requested and named_by(header)[0] in trusted) or (
         header.mpps_completed and Signal.MPPS in trusted
     )
     return header.status is StudyStatus.RECEIVING and (
         committed or header.ready_now or now_wall - header.last_wall_time >= quiet_period
     )
+
+
+def registration_due(header: StudyHeader, now_wall: float, delay: float | None) -> bool:
+    """Whether to announce the study to FHIR now as ``registered`` (``delay``: None when early registration
+    is off): its first revision, still receiving, not announced yet, ``delay`` after its first instance.
+
+    Only the first revision: a later one updates an ImagingStudy that exists already. Not a study holding
+    instances of more than one patient: the registration would file it under one of them.
+    """
+    return (
+        delay is not None
+        and header.status is StudyStatus.RECEIVING
+        and header.revision == 1
+        and header.published_revision == 0
+        and not header.registered_at
+        and header.instance_count > 0
+        and len(header.patients) <= 1
+        and now_wall - header.first_wall_time >= delay
+    )
+
+
+def mark_registered(header: StudyHeader, registered_at: str) -> StudyHeader:
+    return _replace(header, registered_at=registered_at)
 
 
 def mark_sealed(header: StudyHeader, sealed_at: str, completed_by: CompletedBy = CompletedBy.NOT_YET) -> StudyHeader:

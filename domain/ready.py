@@ -77,11 +77,15 @@ class StudyReady(msgspec.Struct, frozen=True, gc=False):
     # refuse the record. Empty: a record of schema 3, or a revision sealed before it was recorded.
     completed_by: ShortText = ""
     schema_version: Annotated[int, Meta(ge=1, le=1000)] = READY_SCHEMA_VERSION
+    # Early registration (fhir_early_registration): what is known of the study's first revision while it
+    # is still receiving, written to FHIR with status ``registered``; the complete revision replaces it.
+    registration: bool = False
 
     @property
     def version(self) -> tuple[int, int]:
-        """(generation, revision): what orders two revisions of one study."""
-        return (self.generation, self.revision)
+        """(generation, revision): what orders two revisions of one study. A registration is revision 0:
+        below the first complete revision, so it never replaces one on the server, whatever the order."""
+        return (self.generation, 0 if self.registration else self.revision)
 
 
 def _number_then_uid(number: int | None, uid: str) -> tuple[int, int, str]:
@@ -117,6 +121,7 @@ def build_study_ready(
     instances: Iterable[InstanceInfo],
     ready_at: str,
     generation: int = 1,
+    registration: bool = False,
 ) -> StudyReady:
     """The ready record for the header's current revision; counts come from the instances themselves.
 
@@ -147,6 +152,7 @@ def build_study_ready(
         last_received=header.last_received,
         ready_at=ready_at,
         completed_by=header.completed_by.value,
+        registration=registration,
     )
 
 

@@ -36,9 +36,11 @@ from domain.readiness import is_ready as is_ready  # re-exported: the completene
 from domain.readiness import mark_conflict as mark_conflict
 from domain.readiness import mark_failed as mark_failed
 from domain.readiness import mark_published as mark_published
+from domain.readiness import mark_registered as mark_registered
 from domain.readiness import mark_sealed as mark_sealed
 from domain.readiness import needs_check as needs_check
 from domain.readiness import ready_signal as ready_signal
+from domain.readiness import registration_due as registration_due
 from domain.study_state import (
     DEFAULT_IDENTITY,
     Arrival,
@@ -174,6 +176,17 @@ def _counted(header: StudyHeader | None, first_offset: int) -> bool:
     return header is not None and first_offset <= header.applied_offset
 
 
+def _new_header(event: InstanceEvent, at: Arrival, received: str) -> StudyHeader:
+    return StudyHeader(
+        study=study_from_event(event),
+        patient=patient_from_event(event),
+        first_received=received,
+        partition=at.partition,
+        attributes_at=at.event_time,
+        first_wall_time=at.wall_time,
+    )
+
+
 def apply_instance(
     header: StudyHeader | None,
     known_series: SeriesInfo | None,
@@ -201,15 +214,7 @@ def apply_instance(
     series_counted = known_series is not None and _counted(header, known_series.first_offset)
     received = iso_utc(at.event_time)  # once per event: the conversion is costly next to the rest
     if header is None:
-        header = StudyHeader(
-            study=study_from_event(event),
-            patient=patient_from_event(event),
-            first_received=received,
-            partition=at.partition,
-            attributes_at=at.event_time,
-        )
-        opened = True
-        changes: dict[str, Any] = {}
+        header, opened, changes = _new_header(event, at, received), True, {}
     else:
         changes, opened = _changes_for(header, event, incoming, at.event_time)
     replaced_key = (counted.patient_key or header.patient_key) if counted is not None else None
@@ -329,6 +334,7 @@ def _next_revision(header: StudyHeader) -> dict[str, Any]:
         "commitment_transaction": "",
         "commitment_parts_seen": (),
         "commitment_parts_left": 0,
+        "commitment_signal": "commitment",
         "failure": "",
         "sealed_at": "",
         "ready_now": False,
@@ -390,8 +396,10 @@ def request_commitment(
     transaction: str = "",
     part: int = 1,
     parts: int = 1,
+    signal: str = "commitment",
 ) -> StudyHeader:
-    """A Storage Commitment request covering the study's open revision makes it ready at once.
+    """A Storage Commitment request (``signal`` "stow": a complete STOW-RS request) covering the study's
+    open revision makes it ready at once.
 
     ``missing`` are the instances it names that the study does not hold yet (stored by another receiving
     process, read later): the study is committed when the last of them arrives (:func:`apply_instance`).
@@ -416,6 +424,7 @@ def request_commitment(
         commitment_transaction=transaction if parts > 1 else header.commitment_transaction,
         commitment_parts_seen=seen,
         commitment_parts_left=parts_left,
+        commitment_signal=signal,
         **applied,
     )
 

@@ -152,6 +152,7 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     last_wall_time: float = 0.0  # epoch seconds: when the aggregator processed the last new instance
     partition: int = 0  # partition of imaging.raw (and of every table) holding this study
     commitment_requested: bool = False  # Storage Commitment covering the study: ready without waiting
+    commitment_signal: str = "commitment"  # what named the instances: "commitment", or "stow" (a STOW-RS request)
     commitment_waiting: tuple[str, ...] = ()  # instances a commitment request named, not seen yet
     commitment_transaction: str = ""  # the commitment request arriving in parts, and the parts read of it
     commitment_parts_seen: tuple[int, ...] = ()
@@ -182,6 +183,10 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     mpps_waiting: tuple[str, ...] = ()
     mpps_completed: bool = False
     mpps_hold_until: float = 0.0
+    # Early registration (fhir_early_registration): when the first instance was processed (wall clock)
+    # and when the study's first revision was announced to FHIR as ``registered`` (ISO 8601 UTC).
+    first_wall_time: float = 0.0
+    registered_at: str = ""
 
 
 class Arrival(msgspec.Struct, frozen=True, gc=False):

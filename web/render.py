@@ -141,6 +141,7 @@ def study_row(
         "aggregator_status": header.status.value,
         "revision": header.revision,
         "published_revision": header.published_revision,
+        "registered_at": header.registered_at,  # early registration on FHIR (fhir_early_registration)
         "series_count": header.series_count,
         "instance_count": header.instance_count,
         "modalities": sorted({m for m in modalities if m}),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from domain import study as rules
 from domain.batch import BatchState, apply_commitment, apply_event
+from domain.completeness import CompletedBy, Completeness, Signal
 from domain.stow import (
     DICOM_JSON,
     DICOM_XML,
@@ -188,3 +189,21 @@ def test_a_complete_stow_request_makes_its_study_ready_at_once_and_waits_for_ins
     assert not rules.is_ready(header, 1001.0, 1001.0, quiet_period=30)  # the third instance is not in yet
     apply_event(batch, events[2], rules.Arrival(1001.0, 1001.0, 0, 3), max_instances=10)
     assert rules.is_ready(batch.studies[study].header, 1001.0, 1001.0, quiet_period=30)  # no quiet period
+
+
+def test_a_stow_boundary_completes_the_study_as_stow_and_only_for_a_source_trusted_for_stow() -> None:
+    study, series = "1.2.826.0.1.3680043.10.1404.78", "1.2.826.0.1.3680043.10.1404.78.1"
+    events = [make_event(study, series, n) for n in (1, 2)]
+    batch = BatchState(MemoryTables())
+    for offset, event in enumerate(events):
+        apply_event(batch, event, rules.Arrival(1000.0, 1000.0, 0, offset), max_instances=10)
+    outcomes = [PartOutcome(CT, event.sop_instance_uid, study) for event in events]
+    (record,) = boundary_records("2.25.43", outcomes, "DICOMWEB", "t", max_uids=100)
+    apply_commitment(batch, record, 0, 2)
+    header = batch.studies[study].header
+
+    assert header.commitment_signal == "stow"
+    stow_only = Completeness(30.0, frozenset({Signal.STOW}))
+    commitment_only = Completeness(30.0, frozenset({Signal.COMMITMENT}))
+    assert rules.ready_signal(header, 1001.0, 1001.0, stow_only) is CompletedBy.STOW
+    assert rules.ready_signal(header, 1001.0, 1001.0, commitment_only) is None  # waits for the quiet period
