@@ -93,6 +93,7 @@ def test_receiver_keeps_storage_and_outbox_on_its_claim_behind_one_service() -> 
     assert ports == {
         "dicom": int(config["STUDYSTREAM_DICOM_PORT"]),
         "metrics": int(config["STUDYSTREAM_RECEIVER_METRICS_PORT"]),
+        "dicomweb": int(config["STUDYSTREAM_RECEIVER_DICOMWEB_PORT"]),
     }
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": "metrics"}
@@ -100,7 +101,7 @@ def test_receiver_keeps_storage_and_outbox_on_its_claim_behind_one_service() -> 
         s for s in by_kind("Service").values() if s["spec"]["selector"] == receiver["spec"]["selector"]["matchLabels"]
     ]
     assert len(services) == 1
-    assert {p["targetPort"] for p in services[0]["spec"]["ports"]} == {"dicom", "metrics"}
+    assert {p["targetPort"] for p in services[0]["spec"]["ports"]} == {"dicom", "metrics", "dicomweb"}
 
 
 def test_workers_keep_rocksdb_on_their_claim_and_stay_within_the_partitions() -> None:
