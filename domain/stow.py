@@ -14,7 +14,6 @@ another study than the URL names: PS3.18 gives no code of its own), Cxxx cannot 
 from __future__ import annotations
 
 import json
-import struct
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -23,13 +22,13 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from domain.events import StowBoundary
+from domain.file_meta import walk_file_meta
 from domain.uids import is_valid_uid
 
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"
 NATIVE_DICOM_NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 PART10_HEAD_BYTES = 64 * 1024  # File Meta Information larger than this is not accepted
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META_UIDS = {0x0002: "sop_class", 0x0003: "sop_instance", 0x0010: "transfer_syntax"}
 
 
@@ -45,29 +44,15 @@ class Part10Meta:
 def part10_meta(head: bytes) -> Part10Meta | None:
     """The File Meta of a PS3.10 file from its first bytes (preamble, ``DICM``, group 0002 explicit VR
     little endian), or None when they are not one: no ``DICM``, an element past ``head``, a UID missing."""
-    if len(head) < 132 or head[128:132] != b"DICM":
+    walked = walk_file_meta(head)
+    if walked is None:
         return None
-    found: dict[str, str] = {}
-    offset = 132
-    while offset + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, offset)
-        if group != 0x0002:
-            break
-        vr = head[offset + 4 : offset + 6]
-        if vr in _LONG_VRS:
-            if offset + 12 > len(head):
-                return None
-            length, offset = struct.unpack_from("<I", head, offset + 8)[0], offset + 12
-        else:
-            length, offset = struct.unpack_from("<H", head, offset + 6)[0], offset + 8
-        if offset + length > len(head):
-            return None
-        if element in _META_UIDS:
-            found[_META_UIDS[element]] = head[offset : offset + length].decode("ascii", "replace").strip("\0 ")
-        offset += length
-    else:
-        if offset < len(head):  # a truncated element header
-            return None
+    values = walked[0]
+    found = {
+        name: values[element].decode("ascii", "replace").strip("\0 ")
+        for element, name in _META_UIDS.items()
+        if element in values
+    }
     if len(found) < len(_META_UIDS) or not all(is_valid_uid(value) for value in found.values()):
         return None
     return Part10Meta(**found)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-_PREFIX_END = 132
+from domain.file_meta import LONG_VRS, UNDEFINED_LENGTH, walk_file_meta
+
 _READ_BYTES = 16384
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _STUDY_UID_TAG = 0x0020000D
-_UNDEFINED = 0xFFFFFFFF
 
 HeaderValues = tuple[str, str, str, str]
 """(SOP Class UID, SOP Instance UID, Transfer Syntax UID, StudyInstanceUID or '')."""
@@ -32,26 +31,11 @@ def read_header(path: Path) -> HeaderValues | None:
     """The header values of a Little Endian DICOM file, or None when pydicom must decide."""
     with open(path, "rb") as fp:
         data = fp.read(_READ_BYTES)
-    if len(data) < _PREFIX_END or data[128:132] != b"DICM":
+    walked = walk_file_meta(data)
+    if walked is None:
         return None
-    meta: dict[int, str] = {}
-    offset = _PREFIX_END
-    while offset + 8 <= len(data):
-        group, element = struct.unpack_from("<HH", data, offset)
-        if group != 0x0002:
-            break
-        vr = data[offset + 4 : offset + 6]
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", data, offset + 8)
-            offset += 12
-        else:
-            (length,) = struct.unpack_from("<H", data, offset + 6)
-            offset += 8
-        if length == _UNDEFINED or offset + length > len(data):
-            return None
-        if element in (0x0002, 0x0003, 0x0010):
-            meta[element] = _text(data[offset : offset + length])
-        offset += length
+    values, offset = walked
+    meta = {element: _text(values[element]) for element in (0x0002, 0x0003, 0x0010) if element in values}
     syntax = meta.get(0x0010, "")
     if syntax not in (_IMPLICIT_LE, _EXPLICIT_LE) or not meta.get(0x0002) or not meta.get(0x0003):
         return None
@@ -71,7 +55,7 @@ def _find_study_uid(data: bytes, offset: int, implicit: bool) -> str | None:
         if implicit:
             (length,) = struct.unpack_from("<I", data, offset + 4)
             offset += 8
-        elif data[offset + 4 : offset + 6] in _LONG_VRS:
+        elif data[offset + 4 : offset + 6] in LONG_VRS:
             if offset + 12 > len(data):
                 return None
             (length,) = struct.unpack_from("<I", data, offset + 8)
@@ -79,7 +63,7 @@ def _find_study_uid(data: bytes, offset: int, implicit: bool) -> str | None:
         else:
             (length,) = struct.unpack_from("<H", data, offset + 6)
             offset += 8
-        if length == _UNDEFINED or offset + length > len(data):
+        if length == UNDEFINED_LENGTH or offset + length > len(data):
             return None
         if tag == _STUDY_UID_TAG:
             return _text(data[offset : offset + length])
