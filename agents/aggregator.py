@@ -38,6 +38,7 @@ from agents import consumer as consumer_view
 from agents.options import identity_options
 from agents.performed_steps import PerformedProcedureStep, on_performed_step
 from agents.policy import MessagePolicy, WorkerStopping
+from agents.rejections import on_rejection_note
 from app.settings import Settings
 from app.topology import TopicDecl
 from domain import study as rules
@@ -209,6 +210,8 @@ class StudyAggregator:
             self.event_watermark[partition] = event_time
         at = rules.Arrival(now, event_time, partition, message.offset)
         update = apply_event(batch, event, at, self.settings.aggregator_max_instances)
+        if event.rejection_code:
+            on_rejection_note(event, batch, partition, self.counters)
         if update is None:
             self.counters["duplicates"] += 1
             return

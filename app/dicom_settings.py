@@ -63,6 +63,13 @@ class DicomSettings(BaseSettings):
         "performed_procedure_step record; a step naming more is accepted, but its record completes nothing "
         "(the quiet period decides).",
     )
+    receiver_rejection_max_instances: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Instances of its study one IOCM rejection note (Key Object Selection document) may "
+        "reject; references past it are not read and the event names the sequence as clipped.",
+    )
     receiver_event_max_values: int = Field(
         64, ge=1, le=1000, description="Values of one multi-valued attribute an instance event copies."
     )

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from domain.dicom_reader import VALUE_ERRORS, BoundedReader, EventLimits, int_value, raw_value, tag_of
 from domain.errors import StudyStreamError
 from domain.events import InstanceEvent
+from domain.rejection import KEY_OBJECT_SELECTION, rejection_code_of
 from domain.uids import is_valid_uid
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -159,6 +160,58 @@ def _requested(ds: Dataset, keyword: str) -> Dataset | None:
     return None
 
 
+def _items(ds: Dataset, keyword: str, limit: int) -> list[Dataset]:
+    """The first ``limit`` items of a sequence (none when absent or unreadable)."""
+    sequence = raw_value(ds, keyword)
+    try:
+        return [item for item in list(sequence or ())[:limit] if isinstance(item, Dataset)]
+    except VALUE_ERRORS:
+        return []
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = raw_value(ds, keyword)
+    text = value.strip(" \x00") if isinstance(value, str) else ""
+    return text if is_valid_uid(text) else ""
+
+
+_EVIDENCE = "CurrentRequestedProcedureEvidenceSequence"
+_REFERENCED_SOP = f"{_EVIDENCE}>ReferencedSeriesSequence>ReferencedSOPSequence>ReferencedSOPInstanceUID"
+
+
+def _rejected_references(read: BoundedReader, ds: Dataset, study_uid: str) -> tuple[str, ...]:
+    """The instances of ``study_uid`` a rejection note names, at most ``max_references`` (else clipped).
+
+    References to other studies are left alone: IHE IOCM puts a note in the study it rejects from.
+    """
+    limit = read.limits.max_references
+    named: dict[str, None] = {}
+    for study in _items(ds, _EVIDENCE, limit):
+        if _uid(study, "StudyInstanceUID") != study_uid:
+            continue
+        for series in _items(study, "ReferencedSeriesSequence", limit):
+            for sop in _items(series, "ReferencedSOPSequence", limit + 1):
+                uid = _uid(sop, "ReferencedSOPInstanceUID")
+                if not uid or len(named) >= limit:
+                    read.mark_clipped(_REFERENCED_SOP)  # not a UID, or past the limit
+                    continue
+                named[uid] = None
+    return tuple(named)
+
+
+def _rejection_fields(read: BoundedReader, ds: Dataset, identity: InstanceIdentity) -> dict[str, Any]:
+    """A Key Object Selection document titled with a rejection code: the code and what it rejects."""
+    title = _first_item(ds, "ConceptNameCodeSequence")
+    if title is None:
+        return {}
+    where = "ConceptNameCodeSequence>"
+    scheme = read.text(title, "CodingSchemeDesignator", f"{where}CodingSchemeDesignator")
+    code = rejection_code_of(identity.sop_class_uid, scheme, read.text(title, "CodeValue", f"{where}CodeValue"))
+    if not code:
+        return {}
+    return {"rejection_code": code, "rejected_uids": _rejected_references(read, ds, identity.study_uid)}
+
+
 def instance_title(ds: Dataset, read: BoundedReader | None = None) -> str:
     """A human title for the instance: content label, concept name, document title, else the image type."""
     read = read or BoundedReader(EventLimits())
@@ -182,6 +235,8 @@ def instance_event(
     read = BoundedReader(limits or EventLimits())
     fields = {**_study_fields(read, ds), **_request_fields(read, ds), **_patient_fields(read, ds)}
     fields.update(_series_fields(read, ds))
+    if identity.sop_class_uid == KEY_OBJECT_SELECTION:
+        fields.update(_rejection_fields(read, ds, identity))
     return InstanceEvent(
         study_uid=identity.study_uid,
         series_uid=identity.series_uid,

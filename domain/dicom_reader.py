@@ -49,6 +49,7 @@ class EventLimits:
     max_values: int = 64  # values of one multi-valued attribute
     max_items: int = 64  # items of a sequence (procedure codes)
     unbounded_chars: int = 10240  # UT, UC, UR and unknown VRs
+    max_references: int = 10_000  # instances a rejection note names
 
 
 @lru_cache(maxsize=512)
@@ -114,6 +115,11 @@ class BoundedReader:
         self.limits = limits
         self.clipped: list[str] = []
         self.repaired: list[str] = []  # attributes decoded by character sets their dataset did not declare
+
+    def mark_clipped(self, where: str) -> None:
+        """Record that the event copies less of ``where`` than the dataset holds."""
+        if where not in self.clipped:
+            self.clipped.append(where)
 
     def _repair(self, where: str) -> None:
         if where not in self.repaired:

@@ -24,7 +24,7 @@ from msgspec import Meta
 from domain.errors import InvalidRecordError
 from domain.uids import UID_MAX_LENGTH, UID_PATTERN
 
-EVENT_SCHEMA_VERSION = 3  # 3: issuers' universal ids, request attributes, regions, image laterality
+EVENT_SCHEMA_VERSION = 4  # 3: issuers' universal ids, request attributes, regions, image laterality; 4: rejections
 COMMITMENT_RECORD_TYPE = "storage_commitment"
 RESOLUTION_RECORD_TYPE = "patient_resolution"
 STOW_RECORD_TYPE = "stow_request"
@@ -37,6 +37,7 @@ TEXT_MAX_CHARS = 65_536
 CODES_MAX_ITEMS = 256
 COMMITMENT_MAX_UIDS = 100_000
 MPPS_MAX_UIDS = 100_000  # instances one performed_procedure_step record names
+REJECTION_MAX_UIDS = 100_000  # instances one rejection note names
 
 Uid = Annotated[str, Meta(pattern=UID_PATTERN, max_length=UID_MAX_LENGTH)]
 Text = Annotated[str, Meta(max_length=TEXT_MAX_CHARS)]
@@ -112,6 +113,10 @@ class InstanceEvent(msgspec.Struct, frozen=True, gc=False):
     model: Text = ""
     # Instance level
     instance_title: Text = ""
+    # An IHE IOCM rejection note (a Key Object Selection document titled with a rejection code): the code
+    # (DCM 113001, 113037, 113038 or 113039) and the instances of this study it rejects.
+    rejection_code: ShortText = ""
+    rejected_uids: Annotated[tuple[Uid, ...], Meta(max_length=REJECTION_MAX_UIDS)] = ()
     # Reception
     calling_ae: ShortText = ""
     called_ae: ShortText = ""

@@ -174,12 +174,13 @@ def build_imaging_study(
         "resourceType": "ImagingStudy",
         "meta": {"tag": [revision_tag(ready.version, options), mapping_version_tag()]},
         "identifier": [{"use": "official", **study_identifier(study.uid)}],
-        "status": "registered" if ready.registration else "available",
+        "status": ready.fhir_status or ("registered" if ready.registration else "available"),
         "subject": {"reference": patient_ref, "type": "Patient"},
         "numberOfSeries": ready.number_of_series,
         "numberOfInstances": ready.number_of_instances,
-        "series": [_series(s, options, study.timezone_offset) for s in ready.series],
     }
+    if ready.series:  # none left when rejection notes removed every instance (FHIR forbids empty arrays)
+        data["series"] = [_series(s, options, study.timezone_offset) for s in ready.series]
     accession = accession_identifier(ready, options)
     if accession:
         data["identifier"].append({"use": "usual", **accession})

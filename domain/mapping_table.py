@@ -172,6 +172,18 @@ MAPPING_TABLE: tuple[MappingRow, ...] = (
         "ImagingStudy.series.instance.title",
         "The first present, in that order.",
     ),
+    MappingRow(
+        "ConceptNameCodeSequence>CodeValue, ConceptNameCodeSequence>CodingSchemeDesignator, "
+        "CurrentRequestedProcedureEvidenceSequence>StudyInstanceUID, "
+        "CurrentRequestedProcedureEvidenceSequence>ReferencedSeriesSequence>ReferencedSOPSequence>"
+        "ReferencedSOPInstanceUID",
+        "ImagingStudy.series.instance (left out), ImagingStudy.status",
+        "A Key Object Selection document titled DCM 113001, 113037, 113038 or 113039 (an IHE IOCM rejection "
+        "note) removes the instances of its study it names from the next revision, and is not listed itself; "
+        "counts follow and an emptied series disappears. A study left with no instance becomes "
+        "`entered-in-error` (113037, 113038) or `cancelled` (113001, 113039). At most "
+        "`STUDYSTREAM_RECEIVER_REJECTION_MAX_INSTANCES` references are read.",
+    ),
     # --- Steering only ---
     MappingRow(
         "RequestAttributesSequence",

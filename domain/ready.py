@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from domain.errors import InvalidRecordError
 from domain.events import CODES_MAX_ITEMS, TEXT_MAX_CHARS, Codes, IntegerString, ShortText, Text, Uid
+from domain.rejection import emptied_status, is_listed
 from domain.study_state import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo
 
-READY_SCHEMA_VERSION = 4  # 3: request attributes, issuers' universal ids, regions, image lateralities; 4: completed_by
+# 3: request attributes, issuers' universal ids, regions, image lateralities; 4: completed_by; 5: fhir_status
+READY_SCHEMA_VERSION = 5
 MAX_INSTANCES = 1_000_000
 Count = Annotated[int, Meta(ge=0, le=MAX_INSTANCES)]
 Revision = Annotated[int, Meta(ge=1, le=2**31 - 1)]
@@ -80,6 +82,10 @@ class StudyReady(msgspec.Struct, frozen=True, gc=False):
     # Early registration (fhir_early_registration): what is known of the study's first revision while it
     # is still receiving, written to FHIR with status ``registered``; the complete revision replaces it.
     registration: bool = False
+    # The ImagingStudy status when it is not what the record's kind says (``available``, or ``registered``
+    # for a registration): ``entered-in-error`` or ``cancelled`` for a study whose every instance a
+    # rejection note removed (domain.rejection). Written to the server as it is: only these values decode.
+    fhir_status: Literal["", "entered-in-error", "cancelled"] = ""
 
     @property
     def version(self) -> tuple[int, int]:
@@ -126,12 +132,13 @@ def build_study_ready(
     """The ready record for the header's current revision; counts come from the instances themselves.
 
     Instances that joined a later revision are left out (a sealed revision is rebuilt the same after a
-    restart), and so are series without an instance. Series and instances are ordered by number, then
-    UID, so two builds of one revision are identical.
+    restart), and so are instances rejected by then (and the rejection notes themselves) and series
+    without an instance. Series and instances are ordered by number, then UID, so two builds of one
+    revision are identical.
     """
     by_series: defaultdict[str, list[ReadyInstance]] = defaultdict(list)
     for inst in instances:
-        if inst.revision <= header.revision:
+        if is_listed(inst, header.revision):
             by_series[inst.series_uid].append(ReadyInstance(inst.uid, inst.sop_class_uid, inst.number, inst.title))
     known = {s.uid: s for s in series}
     ready_series = sorted(
@@ -153,6 +160,7 @@ def build_study_ready(
         ready_at=ready_at,
         completed_by=header.completed_by.value,
         registration=registration,
+        fhir_status=emptied_status(header.rejection_codes) if header.rejection_codes and not ready_series else "",
     )
 
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from domain import rejection
 from domain.completeness import CompletedBy, add_source
 from domain.errors import InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent, PerformedProcedureStep
@@ -164,7 +165,7 @@ def resolve_patient(header: StudyHeader, key: str, offset: int) -> StudyHeader |
     assert chosen is not None
     changes: dict[str, Any] = {"patient": chosen.patient, "patient_key": chosen.key, "ready_now": True}
     if header.status is not StudyStatus.RECEIVING:
-        changes.update({**_next_revision(header), "ready_now": True})
+        changes.update({**next_revision(header), "ready_now": True})
     return _replace(resolved, **changes)
 
 
@@ -221,6 +222,8 @@ def apply_instance(
     changes.update(_with_patient(header, event, key, at.event_time, replaced_key))
     sources, overflow = add_source(header.sources, event.calling_ae, event.modality)
     changes.update(sources=sources, sources_overflow=header.sources_overflow or overflow)
+    rejection_changes, rejected = rejection.on_arrival(header, event, known_instance)
+    changes.update(rejection_changes)
 
     header = _replace(
         header,
@@ -236,6 +239,7 @@ def apply_instance(
         revision=header.revision,
         first_offset=counted.first_offset if counted is not None else at.offset,
         source_offset=at.offset,
+        rejected_in=rejection.rejected_in(rejected, known_instance, header.revision),
     )
     series = _series_to_write(known_series, event, at)
     return StudyUpdate(header=header, instance=instance, series=series, changed=True, opened_revision=opened)
@@ -291,7 +295,7 @@ def _changes_for(
     }
     opened = header.status is not StudyStatus.RECEIVING
     if opened:  # a sealed (failed, conflicting) revision is final: anything new opens the next one
-        changes.update(_next_revision(header))
+        changes.update(next_revision(header))
     elif incoming.uid in header.commitment_waiting or incoming.uid in header.mpps_waiting:
         changes.update(_named_instance_arrived(header, incoming.uid))
     return changes, opened
@@ -325,7 +329,7 @@ def placed_before(incoming: InstanceInfo, known: InstanceInfo | None) -> bool:
     )
 
 
-def _next_revision(header: StudyHeader) -> dict[str, Any]:
+def next_revision(header: StudyHeader) -> dict[str, Any]:
     return {
         "status": StudyStatus.RECEIVING,
         "revision": header.revision + 1,
@@ -377,7 +381,7 @@ def _repair(
         return StudyUpdate(header=header)
     opened = header.status is not StudyStatus.RECEIVING
     if opened:
-        header = _replace(header, last_wall_time=max(header.last_wall_time, at.wall_time), **_next_revision(header))
+        header = _replace(header, last_wall_time=max(header.last_wall_time, at.wall_time), **next_revision(header))
     instance = None
     if missing or stale:
         instance = _replace(
@@ -385,6 +389,7 @@ def _repair(
             revision=header.revision,
             first_offset=at.offset if known_instance is None else known_instance.first_offset,
             source_offset=at.offset,
+            rejected_in=rejection.rejected_in(bool(event.rejection_code), known_instance, header.revision),
         )
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 

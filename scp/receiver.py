@@ -120,6 +120,7 @@ def store_limits(settings: Settings) -> StoreLimits:
             settings.receiver_event_max_values,
             settings.receiver_event_max_items,
             settings.receiver_event_unbounded_chars,
+            settings.receiver_rejection_max_instances,
         ),
     )
 

@@ -13,6 +13,8 @@ Public API (also used by the receiver, aggregator and end-to-end tests)::
 - ``write_studies(out_dir, ...) -> list[Path]``: writes them as ``out_dir/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``.
 - ``write_dataset(ds, out_dir, transfer_syntax=None) -> Path``: writes one, optionally in another
   uncompressed transfer syntax (Implicit/Explicit VR Little Endian, Deflated).
+- ``rejection_note(images, code="113001") -> FileDataset``: an IHE IOCM rejection note (Key Object
+  Selection document titled with a DCM rejection code) naming ``images`` of one study.
 
 Arguments: ``studies``, ``series`` (per study), ``instances`` (per series); ``size`` is ``small`` (64×64,
 modalities rotate through CT, MR, CR, DX, US), ``ct`` (512×512 CT, ~0.5 MB) or ``mr`` (256×256 MR);
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -234,4 +236,91 @@ def _pixel_module(base_image: np.ndarray, modality: Modality, index: int) -> Dat
     pixels = image.astype(np.int16) if modality.signed else image
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OB" if ds.BitsAllocated == 8 else "OW"
+    return ds
+
+
+KEY_OBJECT_SELECTION_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
+_REJECTION_MEANINGS = {
+    "113001": "Rejected for Quality Reasons",
+    "113037": "Rejected for Patient Safety Reasons",
+    "113038": "Incorrect Modality Worklist Entry",
+    "113039": "Data Retention Policy Expired",
+}
+_STUDY_ATTRIBUTES = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _code(value: str, meaning: str, scheme: str = "DCM") -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _evidence(images: Sequence[Dataset]) -> list[Dataset]:
+    by_series: dict[str, list[Dataset]] = {}
+    for image in images:
+        by_series.setdefault(image.SeriesInstanceUID, []).append(image)
+    series_items = []
+    for series_uid, members in by_series.items():
+        series_item = Dataset()
+        series_item.SeriesInstanceUID = series_uid
+        series_item.ReferencedSOPSequence = [_sop_reference(image) for image in members]
+        series_items.append(series_item)
+    study_item = Dataset()
+    study_item.StudyInstanceUID = images[0].StudyInstanceUID
+    study_item.ReferencedSeriesSequence = series_items
+    return [study_item]
+
+
+def _sop_reference(image: Dataset) -> Dataset:
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = image.SOPClassUID
+    reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    return reference
+
+
+def rejection_note(images: Sequence[Dataset], code: str = "113001") -> FileDataset:
+    """A Key Object Selection document titled with ``code`` naming ``images`` (all of one study), in its
+    own series of that study, as a PACS's "reject" action sends it (IHE RAD TF-3 IOCM)."""
+    if not images or len({image.StudyInstanceUID for image in images}) != 1:
+        raise ValueError("a rejection note names instances of one study")
+    sop_instance_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(KEY_OBJECT_SELECTION_STORAGE)
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "STUDYSTREAM_SYN"
+    ds = FileDataset("", Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    for keyword in _STUDY_ATTRIBUTES:
+        if keyword in images[0]:
+            setattr(ds, keyword, images[0].data_element(keyword).value)
+    ds.SOPClassUID, ds.SOPInstanceUID = KEY_OBJECT_SELECTION_STORAGE, sop_instance_uid
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "KO", generate_uid(), 999, 1
+    ds.ContentDate, ds.ContentTime = dt.date.today().strftime("%Y%m%d"), "120000"
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.ConceptNameCodeSequence = [_code(code, _REJECTION_MEANINGS.get(code, "Rejected"))]
+    template = Dataset()
+    template.MappingResource, template.TemplateIdentifier = "DCMR", "2010"
+    ds.ContentTemplateSequence = [template]
+    ds.CurrentRequestedProcedureEvidenceSequence = _evidence(images)
+    content = []
+    for image in images:
+        item = Dataset()
+        item.RelationshipType, item.ValueType = "CONTAINS", "IMAGE"
+        item.ReferencedSOPSequence = [_sop_reference(image)]
+        content.append(item)
+    ds.ContentSequence = content
     return ds

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from domain.completeness import Completeness, CompletenessPolicy
+from domain.rejection import REJECTION_CODES
 from domain.study import in_conflict
 from domain.study_state import InstanceInfo, SeriesInfo, StudyHeader, StudyStatus
 from domain.uids import is_valid_uid
@@ -155,6 +156,7 @@ def study_row(
         "completed_by": header.completed_by.value or None,
         "completeness": completeness_fields(header, completeness),
         "mpps": mpps_fields(header),
+        "rejections": rejection_fields(header),
         "failure": header.failure,
         "partition": header.partition,
         "patient": patient_fields(header, options.show_patient_data),
@@ -174,6 +176,16 @@ def mpps_fields(header: StudyHeader) -> dict[str, Any] | None:
         "status": header.mpps_status,
         "waiting_for_instances": len(header.mpps_waiting),
         "reason": {"code": header.mpps_reason_code, "meaning": header.mpps_reason_meaning} if discontinued else None,
+    }
+
+
+def rejection_fields(header: StudyHeader) -> dict[str, Any] | None:
+    """The IOCM rejection notes read for the study (``None``: none)."""
+    if not header.rejection_codes:
+        return None
+    return {
+        "codes": [{"code": code, "meaning": REJECTION_CODES.get(code, "")} for code in header.rejection_codes],
+        "waiting_for_instances": len(header.rejection_waiting),
     }
 
 
@@ -197,6 +209,7 @@ def instance_row(instance: InstanceInfo) -> dict[str, Any]:
         "sop_class_uid": instance.sop_class_uid,
         "number": instance.number,
         "sha256": instance.sha256,
+        "rejected_in_revision": instance.rejected_in or None,
     }
 
 
