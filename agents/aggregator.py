@@ -211,7 +211,7 @@ class StudyAggregator:
         at = rules.Arrival(now, event_time, partition, message.offset)
         update = apply_event(batch, event, at, self.settings.aggregator_max_instances)
         if event.rejection_code:
-            on_rejection_note(event, batch, partition, self.counters)
+            on_rejection_note(event, update, self.counters)
         if update is None:
             self.counters["duplicates"] += 1
             return

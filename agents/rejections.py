@@ -1,7 +1,7 @@
-"""The aggregator's handling of an IOCM rejection note (a thin shell over :func:`domain.batch.apply_rejection`).
+"""The aggregator's log line for an IOCM rejection note (the rule is in :mod:`domain.rejection`).
 
-The note is an instance event like any other (applied first, never listed); its marks leave the
-instances it names out of the study's next revision, and those not read yet are rejected on arrival.
+The note is an instance event like any other: its row keeps the instances it names, which every
+revision built from then on leaves out.
 """
 
 from __future__ import annotations
@@ -9,27 +9,24 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from domain.batch import BatchState, apply_rejection
 from domain.events import InstanceEvent
 from domain.rejection import REJECTION_CODES
+from domain.study import StudyUpdate
 
 log = logging.getLogger("studystream.agents.aggregator")
 
 
-def on_rejection_note(event: InstanceEvent, batch: BatchState, partition: int, counters: Counter[str]) -> None:
-    """Apply a rejection note's marks to the batch and log what they did (UIDs, counts and codes only)."""
-    rejected = apply_rejection(batch, event, partition)
-    if not rejected:
+def on_rejection_note(event: InstanceEvent, update: StudyUpdate | None, counters: Counter[str]) -> None:
+    """Count and log a rejection note the batch applied (UIDs, counts and codes only; a repeat: nothing)."""
+    if update is None:
         return
-    counters["rejected_instances"] += rejected
-    header = batch.header(event.study_uid, partition)
+    counters["rejection_notes"] += 1
     log.info(
-        "study %s: rejection note %s (DCM %s %s) rejects %d instance(s) from revision %d; %d named not seen yet",
+        "study %s: rejection note %s (DCM %s %s) names %d instance(s), left out from revision %d",
         event.study_uid,
         event.sop_instance_uid,
         event.rejection_code,
         REJECTION_CODES.get(event.rejection_code, ""),
-        rejected,
-        header.revision if header is not None else 0,
-        len(header.rejection_waiting) if header is not None else 0,
+        len(event.rejected_uids),
+        update.header.revision,
     )

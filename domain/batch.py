@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import msgspec
-
-from domain import rejection
 from domain import study as rules
 from domain.errors import InvalidRecordError
 from domain.events import CommitmentRequest, InstanceEvent, PatientResolution, PerformedProcedureStep, StowBoundary
@@ -77,10 +74,6 @@ class BatchState:
             pending.known_series[update.series.uid] = update.series
         pending.opened_revision = pending.opened_revision or update.opened_revision
 
-    def put_instance(self, instance: rules.InstanceInfo, study_uid: str) -> None:
-        """Write one more row of a study the batch already touched (a rejection note's marks)."""
-        self.studies[study_uid].instances[instance.uid] = instance
-
     def mark_opened(self, study_uid: str) -> None:
         """The study needs a completeness check (its pending mark is written with the batch)."""
         self.studies[study_uid].opened_revision = True
@@ -122,34 +115,6 @@ def apply_event(
         )
     batch.apply(update)
     return update
-
-
-def apply_rejection(batch: BatchState, event: InstanceEvent, partition: int) -> int:
-    """A rejection note's marks on the instances it names (:func:`domain.rejection.reject`), after the note
-    itself was applied; the number of rows it newly rejected. Idempotent: a note read again marks nothing.
-
-    Rows of a revision already sealed leave from the next one, which this opens.
-    """
-    header = batch.header(event.study_uid, partition)
-    if header is None or not event.rejection_code:
-        return 0
-    named = [
-        (uid, batch.instance(event.study_uid, uid, partition))
-        for uid in event.rejected_uids
-        if uid != event.sop_instance_uid
-    ]
-    changes, rows = rejection.reject(header, named, event.rejection_code)
-    opened = bool(rows) and header.status is not rules.StudyStatus.RECEIVING
-    if opened:
-        changes.update(rules.next_revision(header))
-    updated = msgspec.structs.replace(header, **changes)
-    if updated != header:
-        batch.set_header(updated)
-    for row in rows:
-        batch.put_instance(msgspec.structs.replace(row, rejected_in=updated.revision), event.study_uid)
-    if opened:
-        batch.mark_opened(event.study_uid)
-    return len(rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from msgspec import Meta
 
 from domain.errors import InvalidRecordError
 from domain.events import CODES_MAX_ITEMS, TEXT_MAX_CHARS, Codes, IntegerString, ShortText, Text, Uid
-from domain.rejection import emptied_status, is_listed
+from domain.rejection import emptied_status, listed_instances
 from domain.study_state import InstanceInfo, PatientInfo, SeriesInfo, StudyHeader, StudyInfo
 
 # 3: request attributes, issuers' universal ids, regions, image lateralities; 4: completed_by; 5: fhir_status
@@ -136,10 +136,10 @@ def build_study_ready(
     without an instance. Series and instances are ordered by number, then UID, so two builds of one
     revision are identical.
     """
+    listed, rejection_codes = listed_instances(instances, header.revision)
     by_series: defaultdict[str, list[ReadyInstance]] = defaultdict(list)
-    for inst in instances:
-        if is_listed(inst, header.revision):
-            by_series[inst.series_uid].append(ReadyInstance(inst.uid, inst.sop_class_uid, inst.number, inst.title))
+    for inst in listed:
+        by_series[inst.series_uid].append(ReadyInstance(inst.uid, inst.sop_class_uid, inst.number, inst.title))
     known = {s.uid: s for s in series}
     ready_series = sorted(
         (_ready_series(known.get(uid, SeriesInfo(uid=uid)), items) for uid, items in by_series.items()),
@@ -160,7 +160,7 @@ def build_study_ready(
         ready_at=ready_at,
         completed_by=header.completed_by.value,
         registration=registration,
-        fhir_status=emptied_status(header.rejection_codes) if header.rejection_codes and not ready_series else "",
+        fhir_status=emptied_status(rejection_codes) if rejection_codes and not ready_series else "",
     )
 
 

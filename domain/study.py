@@ -222,8 +222,7 @@ def apply_instance(
     changes.update(_with_patient(header, event, key, at.event_time, replaced_key))
     sources, overflow = add_source(header.sources, event.calling_ae, event.modality)
     changes.update(sources=sources, sources_overflow=header.sources_overflow or overflow)
-    rejection_changes, rejected = rejection.on_arrival(header, event, known_instance)
-    changes.update(rejection_changes)
+    changes.update(rejection.on_arrival(header, event))
 
     header = _replace(
         header,
@@ -239,7 +238,6 @@ def apply_instance(
         revision=header.revision,
         first_offset=counted.first_offset if counted is not None else at.offset,
         source_offset=at.offset,
-        rejected_in=rejection.rejected_in(rejected, known_instance, header.revision),
     )
     series = _series_to_write(known_series, event, at)
     return StudyUpdate(header=header, instance=instance, series=series, changed=True, opened_revision=opened)
@@ -389,7 +387,6 @@ def _repair(
             revision=header.revision,
             first_offset=at.offset if known_instance is None else known_instance.first_offset,
             source_offset=at.offset,
-            rejected_in=rejection.rejected_in(bool(event.rejection_code), known_instance, header.revision),
         )
     return StudyUpdate(header=header, instance=instance, series=series_to_write, changed=True, opened_revision=opened)
 

@@ -123,7 +123,10 @@ class InstanceInfo(msgspec.Struct, frozen=True, gc=False, array_like=True):
     source_offset: int = -1  # imaging.raw offset of the record that last wrote it
     placed_at_ns: int = 0  # when the receiver placed this version's file (0: unknown)
     patient_key: str = ""  # identity_key of this version's patient ("": a row of state schema 2)
-    rejected_in: int = 0  # the revision from which a rejection note leaves it out (0: not rejected)
+    # An IOCM rejection note (domain.rejection): its code, and the instances of the study it names. The
+    # note's revision leaves them out from then on; the note itself is never listed.
+    rejection_code: str = ""
+    rejects: tuple[str, ...] = ()
 
     def same_content(self, other: InstanceInfo) -> bool:
         # A schema-2 row knows no patient key; its bytes' hash covers the patient attributes anyway.
@@ -188,10 +191,7 @@ class StudyHeader(msgspec.Struct, frozen=True, gc=False):
     # and when the study's first revision was announced to FHIR as ``registered`` (ISO 8601 UTC).
     first_wall_time: float = 0.0
     registered_at: str = ""
-    # IOCM rejection notes (domain.rejection): the rejection codes seen in the study, and the instances a
-    # note named that have not arrived yet (rejected when they do).
-    rejection_codes: tuple[str, ...] = ()
-    rejection_waiting: tuple[str, ...] = ()
+    rejection_codes: tuple[str, ...] = ()  # of the IOCM rejection notes received in the study (web view)
 
 
 class Arrival(msgspec.Struct, frozen=True, gc=False):
@@ -305,6 +305,8 @@ def instance_from_event(
         first_offset=first_offset,
         placed_at_ns=event.placed_at_ns,
         patient_key=patient_key,
+        rejection_code=event.rejection_code,
+        rejects=event.rejected_uids,
     )
 
 

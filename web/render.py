@@ -183,10 +183,7 @@ def rejection_fields(header: StudyHeader) -> dict[str, Any] | None:
     """The IOCM rejection notes read for the study (``None``: none)."""
     if not header.rejection_codes:
         return None
-    return {
-        "codes": [{"code": code, "meaning": REJECTION_CODES.get(code, "")} for code in header.rejection_codes],
-        "waiting_for_instances": len(header.rejection_waiting),
-    }
+    return {"codes": [{"code": code, "meaning": REJECTION_CODES.get(code, "")} for code in header.rejection_codes]}
 
 
 def series_row(series: SeriesInfo, instance_count: int) -> dict[str, Any]:
@@ -209,7 +206,8 @@ def instance_row(instance: InstanceInfo) -> dict[str, Any]:
         "sop_class_uid": instance.sop_class_uid,
         "number": instance.number,
         "sha256": instance.sha256,
-        "rejected_in_revision": instance.rejected_in or None,
+        "rejection_code": instance.rejection_code or None,  # an IOCM rejection note, never listed on FHIR
+        "rejects": len(instance.rejects),
     }
 
 

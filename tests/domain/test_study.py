@@ -370,10 +370,22 @@ def test_a_header_delivered_without_some_rows_gets_them_back_and_a_sealed_study_
     assert (repaired.revision, repaired.status, repaired.instance_count) == (2, StudyStatus.RECEIVING, 3)
 
 
+def rejection_note_of(study: SyntheticStudy) -> InstanceEvent:
+    events = study.events()
+    return make_event(
+        study.uid,
+        f"{study.uid}.99",
+        1,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.88.59",
+        rejection_code="113001",
+        rejected_uids=tuple(e.sop_instance_uid for e in events[1::2]),
+    )
+
+
 @st.composite
 def batches_and_a_crash(draw: st.DrawFn) -> tuple[list[list[Record]], int, list[bool]]:
-    """Batches of records of two studies (repeats, replaced instances, commitments); the batch the worker
-    died in, and which of that batch's writes reached the changelog."""
+    """Batches of records of two studies (repeats, replaced instances, commitments, rejection notes); the
+    batch the worker died in, and which of that batch's writes reached the changelog."""
     studies = [SyntheticStudy(series=2, per_series=3), SyntheticStudy(series=1, per_series=2)]
     pool = [e for s in studies for e in s.events()]
     choices = st.one_of(
@@ -382,6 +394,7 @@ def batches_and_a_crash(draw: st.DrawFn) -> tuple[list[list[Record]], int, list[
         st.sampled_from(studies).map(
             lambda s: CommitmentRequest(s.uid, "2.25.1", tuple(e.sop_instance_uid for e in s.events()[:2]))
         ),
+        st.sampled_from(studies).map(rejection_note_of),  # rejects instances seen or not seen yet
     )
     records = draw(st.lists(choices, min_size=1, max_size=20))
     cuts = sorted(draw(st.sets(st.integers(1, len(records)), max_size=3)) | {len(records)})
