@@ -50,6 +50,21 @@ class ReceiverMetrics:
         )
         self._publisher_metrics()
         self._stow_metrics()
+        self._mpps_metrics()
+
+    def _mpps_metrics(self) -> None:
+        self.mpps_requests = Counter(
+            "studystream_receiver_mpps_requests",
+            "Modality Performed Procedure Step N-CREATE and N-SET requests answered, by operation and DIMSE status",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+        self.mpps_steps_ended = Counter(
+            "studystream_receiver_mpps_steps_ended",
+            "Performed Procedure Steps set COMPLETED or DISCONTINUED (each one record on imaging.raw)",
+            ["status"],
+            registry=self.registry,
+        )
 
     def _stow_metrics(self) -> None:
         self.stow_requests = Counter(

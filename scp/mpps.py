@@ -111,6 +111,7 @@ def _publish(deps: Any, calling_ae: str) -> Callable[[mpps.Outcome], None]:
             return
         record = mpps.step_record(outcome.step, _now())
         deps.outbox.add_record(record.study_uid, encode_performed_procedure_step(record))
+        deps.metrics.mpps_steps_ended.labels(status=record.status).inc()
         if record.truncated:
             log.warning(
                 "MPPS %s from %s names more than %d instances (receiver_mpps_max_instances): published without "
@@ -127,7 +128,10 @@ def _publish(deps: Any, calling_ae: str) -> Callable[[mpps.Outcome], None]:
 def mpps_response(deps: Any, command: Dataset, info: Dataset | None, calling_ae: str) -> bytes:
     """The encoded N-CREATE-RSP / N-SET-RSP of one request (:func:`mpps_request`)."""
     answer = mpps_request(deps, command, info, calling_ae)
-    field = dimse.N_CREATE_RSP if int(command.CommandField) == dimse.N_CREATE_RQ else dimse.N_SET_RSP
+    creating = int(command.CommandField) == dimse.N_CREATE_RQ
+    operation = "N-CREATE" if creating else "N-SET"
+    deps.metrics.mpps_requests.labels(operation=operation, status=f"0x{answer.status:04X}").inc()
+    field = dimse.N_CREATE_RSP if creating else dimse.N_SET_RSP
     return dimse.response(
         field,
         command,

@@ -61,6 +61,10 @@ def test_a_modality_s_steps_get_their_statuses_survive_a_restart_and_end_as_reco
         assert (refused.Status, refused.ErrorID) == (0x0110, 0xA710)
         assert refused.ErrorComment == "Performed Procedure Step Object may no longer be updated"
 
+    metrics = receiver.metrics()
+    assert 'studystream_receiver_mpps_requests_total{operation="N-CREATE",status="0x0000"} 3.0' in metrics
+    assert 'studystream_receiver_mpps_requests_total{operation="N-SET",status="0x0110"} 1.0' in metrics
+    assert 'studystream_receiver_mpps_steps_ended_total{status="COMPLETED"} 1.0' in metrics
     assert receiver.stop() == 0
     with sqlite3.connect(receiver.root / "state" / "receiver-mpps.sqlite") as db:
         kept = {uid for (uid,) in db.execute("SELECT uid FROM steps")}
