@@ -245,6 +245,7 @@ class Receiver:
             "status": "degraded" if quarantined or not self.publisher.connected else "ok",
             "ae_title": self.ae_title,
             "port": self.port,
+            "dicomweb_port": self.settings.receiver_dicomweb_port if self.dicomweb is not None else None,
             "broker_connected": self.publisher.connected,
             "outbox_depth": self.outbox.depth(),
             "quarantine_depth": quarantined,

@@ -72,6 +72,7 @@ def test_curl_and_dicomweb_client_store_through_stow_rs_like_c_store(
     receiver_factory, kafka: Settings, tmp_path: Path
 ) -> None:
     receiver, base = _start(receiver_factory)
+    assert receiver.health()["dicomweb_port"] == int(base.rsplit(":", 1)[1].split("/")[0])
     study_a, study_b, study_c = unique_uid(), unique_uid(), unique_uid()
     sent_a = [write_dataset(make_dataset(study_a, instance_number=n), tmp_path / "a") for n in (1, 2)]
 
@@ -150,3 +151,4 @@ def test_without_a_token_the_front_door_stays_closed(receiver_factory) -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     assert "DICOMweb STOW-RS off" in receiver.log()
+    assert receiver.health()["dicomweb_port"] is None
