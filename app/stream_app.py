@@ -2,8 +2,7 @@
 
 :func:`build_worker` constructs everything with its collaborators injected and registers the agents,
 timers and pages on the app; importing this module touches no network. ``studystream worker`` calls
-it; ``faust -A app.stream_app:app worker`` also works (the module builds the app on first access of
-``app``, reading the state generation from Kafka then).
+it, and so does ``faust -A app.worker:app worker`` (:mod:`app.worker`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from agents import uploader as uploader_agent
 from agents.delivery import DeliveryGate
 from agents.policy import DeadLetterWriter, MessagePolicy
 from agents.watchdog import InputWatchdog
-from app.settings import Settings, get_settings
+from app.settings import Settings
 from app.topology import topology
 from tables.outcomes import UploadOutcomes
 from tables.store import TableStore
@@ -208,24 +207,3 @@ def register_quiet_logging(app: faust.App) -> None:
         console_levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]
         if console_levels and root.level < min(console_levels):
             root.setLevel(min(console_levels))
-
-
-_built: Worker | None = None
-
-
-def default_worker() -> Worker:
-    """The worker of the process-wide settings, with the state generation read from Kafka (built once)."""
-    global _built
-    if _built is None:
-        from adapters.control import read_control
-
-        settings = get_settings()
-        _built = build_worker(settings, read_control(settings))
-    return _built
-
-
-def __getattr__(name: str) -> Any:
-    # `faust -A app.stream_app:app`: the app is built when Faust asks for it, not when the module is imported.
-    if name == "app":
-        return default_worker().app
-    raise AttributeError(name)

@@ -1,12 +1,17 @@
-"""``studystream worker``: prepare topics, then hand over to Faust's own worker command."""
+"""``studystream worker``: prepare topics, then hand over to Faust's own worker command.
+
+``faust -A app.worker:app worker`` (Faust's command itself) runs the same worker: the module builds it
+on first access of ``app`` (:func:`for_faust_cli`), reading the state generation from Kafka then.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import faust
 
@@ -15,6 +20,13 @@ from app.settings import Settings
 log = logging.getLogger(f"studystream.{__name__}")
 READY_MESSAGE = "worker ready"  # once per start, when Faust has recovered the tables and serves the web view
 _FAUST_LEVEL_OPTIONS = ("-l", "--loglevel")
+
+
+class _HasApp(Protocol):
+    app: faust.App
+
+
+_W = TypeVar("_W", bound=_HasApp)
 
 
 def web_port_from_args(args: list[str], default: int) -> int:
@@ -79,6 +91,22 @@ def worker_class(settings: Settings) -> type[StudyStreamWorker]:
     return type("Worker", (StudyStreamWorker,), {"input_topic": settings.topic_raw})
 
 
+def for_faust_cli(settings: Settings, build: Callable[[], _W]) -> _W:
+    """The worker ``build`` makes, for ``faust -A app.worker:app worker``, with what ``studystream
+    worker`` prepares before Faust starts: StudyStream's logging (from the first line), the topics, the
+    state directory Faust makes the table directory in, the worker's start and stop lines."""
+    from adapters.log_setup import configure_logging, dict_config
+    from adapters.topics import ensure_topics
+
+    configure_logging(settings, "worker")
+    ensure_topics(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    worker = build()
+    worker.app.conf.logging_config = dict_config(settings, "worker")  # Faust installs it again when it starts
+    worker.app.conf.Worker = worker_class(settings)
+    return worker
+
+
 def _help() -> None:
     """Faust's worker options, without the app (starting it needs Kafka)."""
     import click
@@ -132,3 +160,21 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None,
         worker.app.main()
     finally:
         log.info("worker stopped")
+
+
+_built: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    # `faust -A app.worker:app`: the app is built when Faust asks for it, not when the module is imported.
+    global _built
+    if name != "app":
+        raise AttributeError(name)
+    if _built is None:
+        from adapters.control import read_control
+        from app.settings import get_settings
+        from app.stream_app import build_worker
+
+        settings = get_settings()
+        _built = for_faust_cli(settings, lambda: build_worker(settings, read_control(settings)))
+    return _built.app

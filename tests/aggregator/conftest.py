@@ -97,18 +97,20 @@ class Worker:
     A restart keeps the port, so the worker reopens its RocksDB files and reads the changelog from there.
     """
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, command: Sequence[str] = ()) -> None:
         self.env = env
+        self.command = list(command) or [STUDYSTREAM, "worker"]  # or Faust's own CLI
         self.web_port = free_port()
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         # run_worker does not create the table directory's parents; Faust only creates the last level.
-        Path(self.env["STUDYSTREAM_STATE_DIR"]).mkdir(parents=True, exist_ok=True)
+        if self.command[0] == STUDYSTREAM:
+            Path(self.env["STUDYSTREAM_STATE_DIR"]).mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [STUDYSTREAM, "worker", "-l", "info", "--web-port", str(self.web_port)],
+            [*self.command, "-l", "info", "--web-port", str(self.web_port)],
             cwd=ROOT,
             env=self.env,
             stdout=log,
