@@ -436,7 +436,8 @@ class Association:
     async def _write(self, data: bytes) -> None:
         try:
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), self.deps.network_timeout)
+            async with asyncio.timeout(self.deps.network_timeout):  # no Task per write, unlike wait_for
+                await self.writer.drain()
         except (TimeoutError, ConnectionError, OSError, RuntimeError) as exc:
             raise pdu.PeerGone(f"cannot send ({type(exc).__name__})") from None
 

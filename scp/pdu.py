@@ -80,8 +80,11 @@ class PduReader:
         self.timeout = timeout
 
     async def _exactly(self, n: int, timeout: float | None = None) -> bytes:
+        # asyncio.timeout, not wait_for: wait_for wraps every read in a new Task (Python 3.11), several per
+        # C-STORE on the path to its response.
         try:
-            return await asyncio.wait_for(self.reader.readexactly(n), timeout or self.timeout)
+            async with asyncio.timeout(timeout or self.timeout):
+                return await self.reader.readexactly(n)
         except asyncio.IncompleteReadError:
             raise PeerGone("connection closed") from None
         except (ConnectionError, OSError) as exc:

@@ -67,6 +67,15 @@ def fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _fdatasync_and_close(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        log.debug("early flush of a staged file failed (its fsync will tell): %s", exc)
+    finally:
+        os.close(fd)
+
+
 class InstanceStore:
     """Stores instances under their UIDs; safe to call from many association threads at once."""
 
@@ -105,8 +114,8 @@ class InstanceStore:
     def new_staged_file(self) -> tuple[int, Path]:
         """A new empty file in this slot's incoming directory, open for writing: (descriptor, path).
 
-        Named by process and counter rather than ``tempfile.mkstemp``'s random names (cheaper, and this
-        runs on the event loop for every C-STORE); ``O_EXCL`` still guarantees a fresh file.
+        Named by process and counter rather than ``tempfile.mkstemp``'s random names (cheaper: this runs
+        for every C-STORE); ``O_EXCL`` still guarantees a fresh file.
         """
         while True:
             path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}.dcm"
@@ -151,6 +160,17 @@ class InstanceStore:
         if not self.fsync:
             return None
         return self._sync_pool.submit(fsync_path, staged)
+
+    def sync_ahead(self, fd: int) -> Future[None] | None:
+        """Begin flushing what is written so far of a staged file still being written (its descriptor ``fd``).
+
+        Only a head start for the file's fsync before its response, which still follows: a failure here
+        is ignored. The flush holds a duplicate of ``fd``, so the file may be closed (or removed) meanwhile.
+        """
+        if not self.fsync:
+            return None
+        duplicate = os.dup(fd)
+        return self._sync_pool.submit(_fdatasync_and_close, duplicate)
 
     def close(self) -> None:
         self._sync_pool.shutdown(wait=True)
