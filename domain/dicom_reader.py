@@ -16,6 +16,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
 
 from domain.dicom_text import clean_person_name, clean_text, decode_person_name, decode_value
 from domain.events import CodedValue
@@ -39,6 +40,9 @@ VR_MAX_CHARS = {
     "UI": 64,
 }
 MULTI_LINE_VRS = frozenset({"LT", "ST", "UT"})  # text that may keep its line breaks
+# VRs whose raw bytes :func:`raw_value` converts itself (pydicom's converter, nothing else needed):
+# not PN (kept raw for :meth:`BoundedReader.names`), SQ (items need their parent), or ambiguous VRs.
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 _TEXT_DELIMITERS = frozenset(TEXT_VR_DELIMS)
 
 
@@ -63,9 +67,32 @@ def tag_of(keyword: str) -> BaseTag:
 def raw_value(ds: Dataset, keyword: str) -> Any:
     """The value of ``keyword`` in ``ds`` (``None`` when absent or unreadable). By tag: pydicom's keyword
     lookup (``ds.get(keyword)``) costs as much again as reading the value."""
+    return _value_of(ds, _element(ds, keyword), keyword, None)
+
+
+def _element(ds: Dataset, keyword: str) -> Any:
+    """The element of ``keyword`` as the dataset holds it: still as read (a RawDataElement) or converted."""
     try:
-        element = ds.get(tag_of(keyword))
-        return None if element is None else element.value
+        return ds.get_item(tag_of(keyword), keep_deferred=True)
+    except VALUE_ERRORS:
+        return None
+
+
+def _value_of(ds: Dataset, element: Any, keyword: str, charset: Any) -> Any:
+    """The value of ``element`` (from :func:`_element`); ``charset``: ``ds._character_set`` if known.
+
+    An element still as read of a plain VR is converted with pydicom's own converter for its VR, as
+    ``ds[tag]`` would (the same value), without the dataset's bookkeeping around it: building and storing
+    a DataElement, hooks, tag comparisons, which cost as much again as the conversion.
+    """
+    if element is None:
+        return None
+    try:
+        if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
+            vr = element.VR or _vr(keyword)
+            if vr in _PLAIN_VRS:
+                return convert_value(vr, element, ds._character_set if charset is None else charset)
+        return ds[tag_of(keyword)].value
     except VALUE_ERRORS:
         return None
 
@@ -90,18 +117,11 @@ def _encodings(ds: Dataset) -> list[str]:
     return [encodings] if isinstance(encodings, str) else list(encodings or ())
 
 
-def _undeclared_escapes(ds: Dataset, keyword: str) -> str | None:
+def _undeclared_escapes(ds: Dataset, element: Any) -> str | None:
     """A text value carrying ISO 2022 escapes its SpecificCharacterSet did not declare, decoded by them; else None.
 
     Read from the element's bytes before pydicom converts it (the converted text keeps the escapes).
     """
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    try:
-        element = ds.get_item(tag, keep_deferred=True)
-    except VALUE_ERRORS:
-        return None
     if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes) or b"\x1b" not in element.value:
         return None
     text, undeclared = decode_value(element.value, _encodings(ds), _TEXT_DELIMITERS)
@@ -115,6 +135,18 @@ class BoundedReader:
         self.limits = limits
         self.clipped: list[str] = []
         self.repaired: list[str] = []  # attributes decoded by character sets their dataset did not declare
+        self._charsets: dict[int, tuple[Dataset, Any]] = {}
+
+    def _charset(self, ds: Dataset) -> Any:
+        """``ds._character_set``, computed once per dataset read (pydicom derives it on every access)."""
+        known = self._charsets.get(id(ds))
+        if known is None:
+            try:
+                charset = ds._character_set
+            except VALUE_ERRORS:
+                charset = None  # read again (and refused) with the value
+            known = self._charsets[id(ds)] = (ds, charset)  # holding ds: its id is not reused meanwhile
+        return known[1]
 
     def mark_clipped(self, where: str) -> None:
         """Record that the event copies less of ``where`` than the dataset holds."""
@@ -154,11 +186,12 @@ class BoundedReader:
         if vr == "PN":
             return self.names(ds, keyword)
         single_line = vr not in MULTI_LINE_VRS
-        redecoded = _undeclared_escapes(ds, keyword)
+        element = _element(ds, keyword)
+        redecoded = _undeclared_escapes(ds, element)
         if redecoded is not None:
             self._repair(where)
             return self._clip(clean_text(redecoded, single_line), keyword, where)
-        value = raw_value(ds, keyword)
+        value = _value_of(ds, element, keyword, self._charset(ds))
         if value is None:
             return ""
         if isinstance(value, PersonName):
