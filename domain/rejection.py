@@ -13,10 +13,11 @@ worklist entry) or ``cancelled`` (quality, retention policy).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from domain.events import InstanceEvent
-from domain.study_state import InstanceInfo, StudyHeader
+if TYPE_CHECKING:  # the receiver reads KEY_OBJECT_SELECTION and the codes: not the state's heavy imports
+    from domain.events import InstanceEvent
+    from domain.study_state import InstanceInfo, StudyHeader
 
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 REJECTION_SCHEME = "DCM"
