@@ -166,15 +166,14 @@ class BoundedReader:
         else:
             clipped = text[:limit]
             changed = len(text) > limit
-        if changed and where not in self.clipped:
-            self.clipped.append(where)
+        if changed:
+            self.mark_clipped(where)
         return clipped
 
     def _values(self, value: Any, where: str) -> list[Any]:
         values = list(value)
         if len(values) > self.limits.max_values:
-            if where not in self.clipped:
-                self.clipped.append(where)
+            self.mark_clipped(where)
             values = values[: self.limits.max_values]
         return values
 

@@ -46,6 +46,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from domain.rejection import KEY_OBJECT_SELECTION, REJECTION_CODES
 from scu.synth_catalog import INSTITUTIONS, MODALITIES, PATIENTS, SIZE_MODALITY, SIZES, Modality, Patient
 
 WRITABLE_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
@@ -239,13 +240,6 @@ def _pixel_module(base_image: np.ndarray, modality: Modality, index: int) -> Dat
     return ds
 
 
-KEY_OBJECT_SELECTION_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
-_REJECTION_MEANINGS = {
-    "113001": "Rejected for Quality Reasons",
-    "113037": "Rejected for Patient Safety Reasons",
-    "113038": "Incorrect Modality Worklist Entry",
-    "113039": "Data Retention Policy Expired",
-}
 _STUDY_ATTRIBUTES = (
     "SpecificCharacterSet",
     "PatientName",
@@ -298,7 +292,7 @@ def rejection_note(images: Sequence[Dataset], code: str = "113001") -> FileDatas
         raise ValueError("a rejection note names instances of one study")
     sop_instance_uid = generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(KEY_OBJECT_SELECTION_STORAGE)
+    meta.MediaStorageSOPClassUID = UID(KEY_OBJECT_SELECTION)
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -307,11 +301,11 @@ def rejection_note(images: Sequence[Dataset], code: str = "113001") -> FileDatas
     for keyword in _STUDY_ATTRIBUTES:
         if keyword in images[0]:
             setattr(ds, keyword, images[0].data_element(keyword).value)
-    ds.SOPClassUID, ds.SOPInstanceUID = KEY_OBJECT_SELECTION_STORAGE, sop_instance_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = KEY_OBJECT_SELECTION, sop_instance_uid
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "KO", generate_uid(), 999, 1
     ds.ContentDate, ds.ContentTime = dt.date.today().strftime("%Y%m%d"), "120000"
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    ds.ConceptNameCodeSequence = [_code(code, _REJECTION_MEANINGS.get(code, "Rejected"))]
+    ds.ConceptNameCodeSequence = [_code(code, REJECTION_CODES.get(code, "Rejected"))]
     template = Dataset()
     template.MappingResource, template.TemplateIdentifier = "DCMR", "2010"
     ds.ContentTemplateSequence = [template]
