@@ -207,4 +207,6 @@ def test_result_goes_to_the_senders_listener_when_it_released_the_association(
     event_type, info = reports[0]
     assert event_type == 1 and str(info.TransactionUID) == "2.25.90210"
     assert [str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence] == [str(ds.SOPInstanceUID)]
-    assert "result delivered on the new association to MODALITY@127.0.0.1" in receiver.log()
+    # Logged once the modality's response is in, which may be after its listener saw the report.
+    delivered = "result delivered on the new association to MODALITY@127.0.0.1"
+    wait_for(lambda: delivered in receiver.log(), 15, what="the delivery logged")
