@@ -14,7 +14,15 @@ from typing import Any
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from domain.dicom_reader import VALUE_ERRORS, BoundedReader, EventLimits, int_value, raw_value, tag_of
+from domain.dicom_reader import (
+    VALUE_ERRORS,
+    BoundedReader,
+    EventLimits,
+    element_value,
+    int_value,
+    raw_value,
+    read_element,
+)
 from domain.errors import StudyStreamError
 from domain.events import InstanceEvent
 from domain.rejection import KEY_OBJECT_SELECTION, rejection_code_of
@@ -86,8 +94,8 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
     uids: dict[str, str] = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         try:
-            element = ds.get(tag_of(keyword))
-            value = str((element.value if element is not None else "") or "").strip()
+            # UIDs are ASCII: no character set to look up (the dataset's costs a lookup of its own).
+            value = str(element_value(ds, read_element(ds, keyword), keyword, "iso8859") or "").strip()
         except VALUE_ERRORS as exc:
             raise InstanceRejected("malformed_uid", f"{keyword} unreadable ({type(exc).__name__})") from None
         if not value:

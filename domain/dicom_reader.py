@@ -81,20 +81,33 @@ def _element(ds: Dataset, keyword: str) -> Any:
 def _value_of(ds: Dataset, element: Any, keyword: str, charset: Any) -> Any:
     """The value of ``element`` (from :func:`_element`); ``charset``: ``ds._character_set`` if known.
 
+    ``None`` when the element is absent or its value unreadable (:func:`element_value` raises instead).
+    """
+    try:
+        return element_value(ds, element, keyword, charset)
+    except VALUE_ERRORS:
+        return None
+
+
+def element_value(ds: Dataset, element: Any, keyword: str, charset: Any = None) -> Any:
+    """The value of ``element`` (from :func:`_element`, ``None`` when absent); raises what pydicom raises.
+
     An element still as read of a plain VR is converted with pydicom's own converter for its VR, as
     ``ds[tag]`` would (the same value), without the dataset's bookkeeping around it: building and storing
     a DataElement, hooks, tag comparisons, which cost as much again as the conversion.
     """
     if element is None:
         return None
-    try:
-        if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
-            vr = element.VR or _vr(keyword)
-            if vr in _PLAIN_VRS:
-                return convert_value(vr, element, ds._character_set if charset is None else charset)
-        return ds[tag_of(keyword)].value
-    except VALUE_ERRORS:
-        return None
+    if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
+        vr = element.VR or _vr(keyword)
+        if vr in _PLAIN_VRS:
+            return convert_value(vr, element, ds._character_set if charset is None else charset)
+    return ds[tag_of(keyword)].value
+
+
+def read_element(ds: Dataset, keyword: str) -> Any:
+    """The element of ``keyword`` for :func:`element_value` (``None`` when absent); raises when unreadable."""
+    return ds.get_item(tag_of(keyword), keep_deferred=True)
 
 
 @lru_cache(maxsize=512)

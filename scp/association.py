@@ -328,8 +328,8 @@ class Association:
         assert isinstance(staged, StagedInstance)
         started = time.perf_counter()
         arrival = Arrival(
-            sop_class=str(command.get("AffectedSOPClassUID", "")).strip(),
-            sop_instance=str(command.get("AffectedSOPInstanceUID", "")).strip(),
+            sop_class=staged.sop_class,  # the command's, read once as the command arrived
+            sop_instance=staged.sop_instance,
             transfer_syntax=staged.transfer_syntax,
             calling_ae=self.calling_ae,
             called_ae=self.called_ae,
@@ -341,7 +341,10 @@ class Association:
             self.deps.metrics.store_seconds.observe(time.perf_counter() - started)
         else:
             self.refused += 1
-        await self.send_command(message.context_id, dimse.response(dimse.C_STORE_RSP, command, status))
+        rsp = dimse.response(
+            dimse.C_STORE_RSP, command, status, sop_class=staged.sop_class, sop_instance=staged.sop_instance
+        )
+        await self.send_command(message.context_id, rsp)
 
     async def n_action(self, message: _Message) -> None:
         command, sink = message.command, message.sink

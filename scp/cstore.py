@@ -114,6 +114,7 @@ class StagedInstance:
         with_file_meta: bool = True,
     ) -> None:
         self.limits = limits
+        self.sop_class, self.sop_instance = sop_class, sop_instance
         self.transfer_syntax = transfer_syntax
         self.with_file_meta = with_file_meta
         self.refused: StoreRefused | None = None

@@ -199,10 +199,13 @@ class Outbox:
         now = time.time()
         with self._lock:
             try:
-                self._db.execute("BEGIN")
-                for item in batch:
-                    item.row_id = int(self._db.execute(_INSERT, (*item.row, now)).lastrowid or 0)
-                self._db.execute("COMMIT")
+                if len(batch) == 1:  # one statement is its own transaction: no BEGIN and COMMIT to run
+                    batch[0].row_id = int(self._db.execute(_INSERT, (*batch[0].row, now)).lastrowid or 0)
+                else:
+                    self._db.execute("BEGIN")
+                    for item in batch:
+                        item.row_id = int(self._db.execute(_INSERT, (*item.row, now)).lastrowid or 0)
+                    self._db.execute("COMMIT")
                 self._in_flight.update(item.row_id for item in batch)
             except (sqlite3.Error, OSError) as exc:
                 if self._db.in_transaction:

@@ -49,6 +49,9 @@ PERMANENT_ERRORS = (
 log = logging.getLogger(f"studystream.{__name__}")
 
 _IDLE_WAIT = 1.0  # seconds between outbox checks when nobody signals new events
+# While events stream, the depth gauges are read at most this often (two queries of the outbox each,
+# which the associations' commits wait behind); when idle, and after a quarantine, at once.
+_BUSY_DEPTHS_INTERVAL = 1.0
 
 
 class Publisher:
@@ -62,6 +65,7 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.quarantine_depth = 0
+        self._depths_at = 0.0  # time.monotonic() of the last depth update
 
     def start(self) -> None:
         """Run in the receiver's event loop (the caller's), beside the associations."""
@@ -224,13 +228,15 @@ class Publisher:
         for entry in confirmed:
             self.metrics.publish_latency.observe(max(0.0, now - entry.created))
         self.metrics.published.inc(len(confirmed))
-        await self._update_depths()
+        if refused or time.monotonic() - self._depths_at >= _BUSY_DEPTHS_INTERVAL:
+            await self._update_depths()
         log.debug("published %d events in %.1f ms", len(confirmed), (time.perf_counter() - started) * 1000)
         if failed is not None:
             raise failed
         return len(confirmed) + len(refused)
 
     async def _update_depths(self) -> None:
+        self._depths_at = time.monotonic()
         self.metrics.outbox_depth.set(await asyncio.to_thread(self.outbox.depth))
         self.quarantine_depth = await asyncio.to_thread(self.outbox.quarantine_depth)
         self.metrics.quarantine_depth.set(self.quarantine_depth)

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ log = logging.getLogger(f"studystream.{__name__}")
 _HASH_CHUNK = 1024 * 1024
 _LOCK_STRIPES = 64
 _PROCESS_LOCK_STRIPES = 65_536  # bytes of the shared lock file, one per SOP Instance UID stripe
+_SPARE_STAGED_FILES = 4  # empty staged files kept created ahead, per receiving process
+SPARE_SUFFIX = ".spare"  # of a staged file created ahead and not in use yet (renamed to .dcm when taken)
 
 
 class StorageError(StudyStreamError):
@@ -91,6 +94,10 @@ class InstanceStore:
         # process, so both are needed).
         self._locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
         self._lock_file: int | None = None
+        # Empty staged files created ahead (descriptor, path): deque appends and pops are thread-safe.
+        self._spares: deque[tuple[int, Path]] = deque()
+        self._refilling = False
+        self._closing = False
 
     @contextmanager
     def placing(self, target: Path) -> Iterator[int]:
@@ -114,11 +121,42 @@ class InstanceStore:
     def new_staged_file(self) -> tuple[int, Path]:
         """A new empty file in this slot's incoming directory, open for writing: (descriptor, path).
 
-        Named by process and counter rather than ``tempfile.mkstemp``'s random names (cheaper: this runs
-        for every C-STORE); ``O_EXCL`` still guarantees a fresh file.
+        Taken from a few files created ahead in the background when there is one: creating a file here
+        measured 0.25-0.5 ms, on the event loop, on the way to every C-STORE's response. Else created now.
         """
+        spare = None
+        try:
+            fd, spare_path = self._spares.popleft()
+            path = spare_path.with_suffix(".dcm")  # in use now: a partial file is told from a spare
+            os.rename(spare_path, path)
+            spare = fd, path
+        except IndexError:
+            pass
+        except OSError:
+            os.close(fd)
+            spare_path.unlink(missing_ok=True)
+        if not self._refilling and not self._closing and len(self._spares) < _SPARE_STAGED_FILES:
+            self._refilling = True
+            try:
+                self._sync_pool.submit(self._refill_spares)
+            except RuntimeError:  # the pool shut down meanwhile: we are closing
+                self._refilling = False
+        return spare if spare is not None else self._create_staged_file()
+
+    def _refill_spares(self) -> None:
+        try:
+            while len(self._spares) < _SPARE_STAGED_FILES and not self._closing:
+                self._spares.append(self._create_staged_file(SPARE_SUFFIX))
+        except OSError as exc:
+            log.debug("creating spare staged files failed (created when needed instead): %s", exc)
+        finally:
+            self._refilling = False
+
+    def _create_staged_file(self, suffix: str = ".dcm") -> tuple[int, Path]:
+        """Named by process and counter rather than ``tempfile.mkstemp``'s random names (cheaper);
+        ``O_EXCL`` still guarantees a fresh file."""
         while True:
-            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}.dcm"
+            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}{suffix}"
             try:
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
             except FileExistsError:
@@ -173,7 +211,12 @@ class InstanceStore:
         return self._sync_pool.submit(_fdatasync_and_close, duplicate)
 
     def close(self) -> None:
+        self._closing = True
         self._sync_pool.shutdown(wait=True)
+        while self._spares:
+            fd, path = self._spares.popleft()
+            os.close(fd)
+            path.unlink(missing_ok=True)
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None

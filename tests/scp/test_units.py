@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from scp.cstore import file_meta
 from scp.negotiation import CallingAllowlist
 from scp.outbox import Outbox, OutboxInUse
 from scp.receiver import adopt_orphan_outboxes, outbox_path, slot_of_outbox
-from scp.storage import InstanceStore, file_sha256
+from scp.storage import SPARE_SUFFIX, InstanceStore, file_sha256
+from tests.conftest import wait_for
 from tests.scp.conftest import make_dataset
 
 RECEPTION = Reception(
@@ -147,7 +149,28 @@ def test_store_detects_identical_duplicates_and_replaces_changed_bytes(tmp_path:
     assert (again.duplicate, again.replaced) == (True, False)
     assert (changed.duplicate, changed.replaced) == (False, True)
     assert target.read_bytes() == b"two!"
-    assert list(store.incoming.iterdir()) == []
+    assert [p for p in store.incoming.iterdir() if p.suffix != SPARE_SUFFIX] == []
+
+
+def test_staged_files_come_from_spares_created_ahead_and_closing_the_store_removes_the_spares(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store", fsync=False)
+    store.prepare()
+
+    def spares() -> list[Path]:
+        return [p for p in store.incoming.iterdir() if p.suffix == SPARE_SUFFIX]
+
+    fd, first = store.new_staged_file()  # none created ahead yet: this one now, the spares in the background
+    os.close(fd)
+    made = wait_for(lambda: len(spares()) == 4 and spares(), 10, what="four spare staged files")
+    fd, second = store.new_staged_file()
+    os.write(fd, b"dataset")
+    os.close(fd)
+
+    assert isinstance(made, list) and second in {p.with_suffix(".dcm") for p in made}
+    assert second.suffix == ".dcm" and second != first and second.read_bytes() == b"dataset"
+    store.close()
+    # The spares go with the store; the files in use stay theirs to rename or delete.
+    assert sorted(p.name for p in store.incoming.iterdir()) == sorted((first.name, second.name))
 
 
 def test_store_refuses_path_traversal_uids(tmp_path: Path) -> None:
