@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,17 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def one_round(code: Path, files: list[Path], work: Path, associations: int, fsync: bool) -> float:
     """inst/s of the receiver whose code is under ``code``, storescu sending ``files``."""
     port = bench.free_port()
-    env = dict(bench.DCMTK_ENV)
-    env.update(
-        PYTHONPATH=str(code),
-        STUDYSTREAM_TOPIC_RAW=f"bench.raw.{uuid.uuid4().hex[:8]}",
-        STUDYSTREAM_STATE_DIR=str(work / "state"),
-        STUDYSTREAM_RECEIVER_METRICS_PORT=str(bench.free_port()),
-        STUDYSTREAM_RECEIVER_DICOMWEB_PORT="0",
-        STUDYSTREAM_DICOM_HOST="127.0.0.1",
-        STUDYSTREAM_RECEIVER_PROCESSES="1",
-        STUDYSTREAM_RECEIVER_FSYNC="true" if fsync else "false",
-    )
+    env = bench.receiver_env(work / "state", fsync=fsync)
+    env.update(PYTHONPATH=str(code), STUDYSTREAM_RECEIVER_DICOMWEB_PORT="0")
     command = [sys.executable, "-m", "app.cli", "receive", "--port", str(port), "--storage-dir", str(work / "store")]
     process = subprocess.Popen([*command, "--log-level", "WARNING"], cwd=code, env=env, stdout=subprocess.DEVNULL)
     try:

@@ -137,6 +137,19 @@ def send(port: int, files: list[Path], associations: int, called_ae: str) -> flo
 ScpRun = tuple[subprocess.Popen[bytes], int, dict[str, str], str]
 
 
+def receiver_env(state_dir: Path, processes: int = 1, *, fsync: bool = True) -> dict[str, str]:
+    """The environment of a benchmarked `studystream receive`: a topic, state and metrics port of its own."""
+    return {
+        **DCMTK_ENV,  # TCP_NODELAY
+        "STUDYSTREAM_TOPIC_RAW": f"bench.raw.{uuid.uuid4().hex[:8]}",
+        "STUDYSTREAM_STATE_DIR": str(state_dir),
+        "STUDYSTREAM_RECEIVER_METRICS_PORT": str(free_port()),
+        "STUDYSTREAM_DICOM_HOST": "127.0.0.1",
+        "STUDYSTREAM_RECEIVER_PROCESSES": str(processes),
+        "STUDYSTREAM_RECEIVER_FSYNC": "true" if fsync else "false",
+    }
+
+
 def start_scp(kind: str, out: Path, associations: int, processes: int) -> ScpRun:
     """Start receiver ``kind`` writing under ``out``; returns (process, port, environment, called AE)."""
     port = free_port()
@@ -149,15 +162,7 @@ def start_scp(kind: str, out: Path, associations: int, processes: int) -> ScpRun
     elif kind == "b":
         argv = [sys.executable, "-c", BARE_SCP, str(port), str(out)]
     else:  # "c": the receiver; "d": the receiver without fsync (shows what durability costs)
-        metrics_port = free_port()
-        env.update(
-            STUDYSTREAM_TOPIC_RAW=f"bench.raw.{uuid.uuid4().hex[:8]}",
-            STUDYSTREAM_STATE_DIR=str(out / "state"),
-            STUDYSTREAM_RECEIVER_METRICS_PORT=str(metrics_port),
-            STUDYSTREAM_DICOM_HOST="127.0.0.1",
-            STUDYSTREAM_RECEIVER_PROCESSES=str(processes),
-            STUDYSTREAM_RECEIVER_FSYNC="false" if kind == "d" else "true",
-        )
+        env = receiver_env(out / "state", processes, fsync=kind != "d")
         argv = [
             sys.executable,
             "-m",

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -156,15 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = bench.make_set(work / "set", args.instances, args.pixel_bytes)
         port, timings = bench.free_port(), work / "timings.txt"
-        env = dict(bench.DCMTK_ENV)
-        env.update(
-            STUDYSTREAM_TOPIC_RAW=f"bench.raw.{uuid.uuid4().hex[:8]}",
-            STUDYSTREAM_STATE_DIR=str(work / "state"),
-            STUDYSTREAM_RECEIVER_METRICS_PORT=str(bench.free_port()),
-            STUDYSTREAM_DICOM_HOST="127.0.0.1",
-            STUDYSTREAM_RECEIVER_PROCESSES="1",
-            STUDYSTREAM_RECEIVER_FSYNC="false" if args.no_fsync else "true",
-        )
+        env = bench.receiver_env(work / "state", fsync=not args.no_fsync)
         receiver = ["--port", str(port), "--storage-dir", str(work / "store"), "--log-level", "WARNING"]
         serve_argv = [sys.executable, __file__, "--serve", str(timings), *receiver]
         process = subprocess.Popen(serve_argv, cwd=bench.ROOT, env=env, stdout=subprocess.DEVNULL)

@@ -73,7 +73,7 @@ def raw_value(ds: Dataset, keyword: str) -> Any:
 def _element(ds: Dataset, keyword: str) -> Any:
     """The element of ``keyword`` as the dataset holds it: still as read (a RawDataElement) or converted."""
     try:
-        return ds.get_item(tag_of(keyword), keep_deferred=True)
+        return read_element(ds, keyword)
     except VALUE_ERRORS:
         return None
 

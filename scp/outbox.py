@@ -199,12 +199,12 @@ class Outbox:
         now = time.time()
         with self._lock:
             try:
-                if len(batch) == 1:  # one statement is its own transaction: no BEGIN and COMMIT to run
-                    batch[0].row_id = int(self._db.execute(_INSERT, (*batch[0].row, now)).lastrowid or 0)
-                else:
+                grouped = len(batch) > 1  # a lone statement is its own transaction: no BEGIN and COMMIT to run
+                if grouped:
                     self._db.execute("BEGIN")
-                    for item in batch:
-                        item.row_id = int(self._db.execute(_INSERT, (*item.row, now)).lastrowid or 0)
+                for item in batch:
+                    item.row_id = int(self._db.execute(_INSERT, (*item.row, now)).lastrowid or 0)
+                if grouped:
                     self._db.execute("COMMIT")
                 self._in_flight.update(item.row_id for item in batch)
             except (sqlite3.Error, OSError) as exc:

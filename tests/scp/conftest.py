@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from app.settings import Settings
+from scp.storage import SPARE_SUFFIX
 from tests.conftest import ROOT, free_port, unique_uid, wait_for
 
 STORESCU = "/usr/bin/storescu"
@@ -71,6 +72,11 @@ def make_dataset(
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.PixelData = (np.arange(pixels * pixels, dtype=np.uint16) + instance_number).tobytes()
     return ds
+
+
+def partial_files(incoming: Path) -> list[Path]:
+    """Files in a receiver's incoming directory other than its spares (empty files created ahead)."""
+    return [p for p in incoming.iterdir() if p.suffix != SPARE_SUFFIX]
 
 
 def write_dataset(ds: Dataset, directory: Path) -> Path:

@@ -14,9 +14,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydicom.uid import ImplicitVRLittleEndian
 
 from app.settings import Settings
-from scp.storage import SPARE_SUFFIX
 from tests.conftest import unique_uid, wait_for
-from tests.scp.conftest import make_dataset, read_events, storescu, write_dataset
+from tests.scp.conftest import make_dataset, partial_files, read_events, storescu, write_dataset
 from tests.scp.test_commitment import _send
 
 STUDYSTREAM = str(Path(sys.executable).with_name("studystream"))
@@ -202,7 +201,7 @@ def test_a_dataset_past_the_size_limit_is_refused_and_a_deflate_bomb_inflates_no
     assert event[1]["sop_instance_uid"] == str(normal.SOPInstanceUID)
     metrics = receiver.metrics()
     assert 'reason="too_large"} 1.0' in metrics and 'reason="inflates_too_large"} 1.0' in metrics
-    assert not [p for p in (receiver.storage / ".incoming" / "0").iterdir() if p.suffix != SPARE_SUFFIX]
+    assert not partial_files(receiver.storage / ".incoming" / "0")
 
 
 def test_below_the_free_disk_floor_every_c_store_is_refused_at_once(receiver_factory, tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from domain.events import decode_raw_record
 from scp.cstore import StoreLimits
 from scp.metrics import ReceiverMetrics
 from scp.outbox import Outbox
-from scp.storage import SPARE_SUFFIX, InstanceStore
+from scp.storage import InstanceStore
 from scp.stow import StowConfig, StowService
-from tests.scp.conftest import make_dataset
+from tests.scp.conftest import make_dataset, partial_files
 
 TOKEN = "test-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,7 +56,7 @@ class Door:
         return [p for p in self.store.root.rglob("*.dcm") if ".incoming" not in p.parts]
 
     def staged_files(self) -> list[Path]:
-        return [p for p in self.store.incoming.iterdir() if p.suffix != SPARE_SUFFIX]
+        return partial_files(self.store.incoming)
 
     def records(self) -> list[Any]:
         return [decode_raw_record(entry.value) for entry in self.outbox.pending(10_000)]

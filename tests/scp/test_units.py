@@ -28,7 +28,7 @@ from scp.outbox import Outbox, OutboxInUse
 from scp.receiver import adopt_orphan_outboxes, outbox_path, slot_of_outbox
 from scp.storage import SPARE_SUFFIX, InstanceStore, file_sha256
 from tests.conftest import wait_for
-from tests.scp.conftest import make_dataset
+from tests.scp.conftest import make_dataset, partial_files
 
 RECEPTION = Reception(
     transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -149,7 +149,7 @@ def test_store_detects_identical_duplicates_and_replaces_changed_bytes(tmp_path:
     assert (again.duplicate, again.replaced) == (True, False)
     assert (changed.duplicate, changed.replaced) == (False, True)
     assert target.read_bytes() == b"two!"
-    assert [p for p in store.incoming.iterdir() if p.suffix != SPARE_SUFFIX] == []
+    assert partial_files(store.incoming) == []
 
 
 def test_staged_files_come_from_spares_created_ahead_and_closing_the_store_removes_the_spares(tmp_path: Path) -> None:

@@ -37,9 +37,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from app.settings import Settings
 from scp import dimse, pdu
-from scp.storage import SPARE_SUFFIX
 from tests.conftest import ROOT, unique_uid, wait_for
-from tests.scp.conftest import DCMTK_ENV, STORESCU, echoscu, make_dataset, read_events, write_dataset
+from tests.scp.conftest import DCMTK_ENV, STORESCU, echoscu, make_dataset, partial_files, read_events, write_dataset
 
 OPTIONS = {
     "-xs": JPEGLosslessSV1,
@@ -236,10 +235,7 @@ def test_a_peer_gone_in_the_middle_of_a_dataset_leaves_no_file_and_no_event(
         peer.send(pdu.abort(pdu.SOURCE_SERVICE_USER))
         assert peer.closed_within(10)
     incoming = receiver.storage / ".incoming" / "0"
-    # Spares (empty files created ahead for the next C-STOREs) are not partial files.
-    wait_for(
-        lambda: not [p for p in incoming.iterdir() if p.suffix != SPARE_SUFFIX], 10, what="the partial file removed"
-    )
+    wait_for(lambda: not partial_files(incoming), 10, what="the partial file removed")
     assert receiver.stored_files() == []
     assert echoscu(receiver.port).returncode == 0  # and the receiver serves on
 
