@@ -245,6 +245,8 @@ def instance_event(
     fields.update(_series_fields(read, ds))
     if identity.sop_class_uid == KEY_OBJECT_SELECTION:
         fields.update(_rejection_fields(read, ds, identity))
+    fields["instance_title"] = instance_title(ds, read)
+    read.fit(InstanceEvent, fields)
     return InstanceEvent(
         study_uid=identity.study_uid,
         series_uid=identity.series_uid,
@@ -252,7 +254,6 @@ def instance_event(
         sop_class_uid=identity.sop_class_uid,
         transfer_syntax_uid=reception.transfer_syntax_uid,
         instance_number=int_value(ds, "InstanceNumber"),
-        instance_title=instance_title(ds, read),
         calling_ae=reception.calling_ae,
         called_ae=reception.called_ae,
         peer_address=reception.peer_address,

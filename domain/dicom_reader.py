@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 from pydicom.charset import TEXT_VR_DELIMS
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -54,6 +55,16 @@ class EventLimits:
     max_items: int = 64  # items of a sequence (procedure codes)
     unbounded_chars: int = 10240  # UT, UC, UR and unknown VRs
     max_references: int = 10_000  # instances a rejection note names
+
+
+@lru_cache(maxsize=8)
+def string_bounds(struct: type[msgspec.Struct]) -> dict[str, int]:
+    """The maximum length of each bounded string field of ``struct``, as its schema declares it."""
+    return {
+        field.name: field.type.max_length
+        for field in msgspec.inspect.type_info(struct).fields
+        if isinstance(field.type, msgspec.inspect.StrType) and field.type.max_length is not None
+    }
 
 
 @lru_cache(maxsize=512)
@@ -166,6 +177,20 @@ class BoundedReader:
         if where not in self.clipped:
             self.clipped.append(where)
 
+    def fit(self, struct: type[msgspec.Struct], fields: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """``fields`` with each string cut to its field's bound in ``struct``'s schema (and marked clipped).
+
+        A VR's maximum bounds one value; the values of a multi-valued attribute joined, or a value that
+        ``str.upper`` lengthened, can still exceed the field's bound, and the event would then fail to
+        decode after the instance was acknowledged.
+        """
+        for name, bound in string_bounds(struct).items():
+            value = fields.get(name)
+            if isinstance(value, str) and len(value) > bound:
+                fields[name] = value[:bound]
+                self.mark_clipped(f"{where}{name}")
+        return fields
+
     def _repair(self, where: str) -> None:
         if where not in self.repaired:
             self.repaired.append(where)
@@ -267,13 +292,12 @@ class BoundedReader:
                 or self.text(item, "URNCodeValue", f"{keyword}>URNCodeValue")
             )
             if code:
-                codes.append(
-                    CodedValue(
-                        code=code,
-                        scheme=self.text(item, "CodingSchemeDesignator", f"{keyword}>CodingSchemeDesignator"),
-                        meaning=self.text(item, "CodeMeaning", f"{keyword}>CodeMeaning"),
-                    )
-                )
+                fields = {
+                    "code": code,
+                    "scheme": self.text(item, "CodingSchemeDesignator", f"{keyword}>CodingSchemeDesignator"),
+                    "meaning": self.text(item, "CodeMeaning", f"{keyword}>CodeMeaning"),
+                }
+                codes.append(CodedValue(**self.fit(CodedValue, fields, f"{keyword}>")))
         return tuple(codes)
 
 

@@ -53,6 +53,27 @@ def test_repeated_values_and_items_are_capped_by_the_limits() -> None:
     assert "ProcedureCodeSequence>CodeValue" in event.clipped
 
 
+# Attributes whose event field is short (ShortText, 256 characters) while the values they may repeat are not.
+SHORT_FIELD_KEYWORDS = {
+    "Modality": "modality", "StudyDate": "study_date", "StudyTime": "study_time", "PatientSex": "sex",
+    "TimezoneOffsetFromUTC": "timezone_offset", "PatientBirthDate": "birth_date", "SeriesDate": "series_date",
+    "SeriesTime": "series_time", "Laterality": "laterality", "ImageLaterality": "image_laterality",
+}  # fmt: skip
+
+
+def test_many_values_of_a_short_attribute_are_cut_to_the_event_field_and_named() -> None:
+    ds = Dataset()
+    ds.Laterality = ["ß" * 16] * 64  # 64 values of CS's 16 characters, and upper() doubles each: 2,111 characters
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "1", ["SCHEME" * 3] * 64, "m"
+    ds.ProcedureCodeSequence = [item]
+    event = instance_event(ds, IDENTITY, RECEPTION)
+    assert event.laterality.startswith("SS" * 16 + "\\") and len(event.laterality) == 256
+    assert len(event.procedure_codes[0].scheme) == 256
+    assert {"laterality", "ProcedureCodeSequence>scheme"} <= set(event.clipped)
+    assert decode_instance_event(encode_instance_event(event)) == event
+
+
 HOSTILE_TEXT = st.one_of(
     st.text(max_size=50),
     st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\\"), min_size=200, max_size=3000),
@@ -78,7 +99,7 @@ def hostile_datasets(draw: st.DrawFn) -> Dataset:
     for _ in range(draw(st.integers(0, 80))):
         item = Dataset()
         for keyword in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning"):
-            raw(item, keyword, [draw(HOSTILE_TEXT)])
+            raw(item, keyword, draw(st.lists(HOSTILE_TEXT, min_size=1, max_size=draw(st.sampled_from([1, 3])))))
         items.append(item)
     if items:
         ds.ProcedureCodeSequence = items
@@ -92,3 +113,27 @@ def test_an_event_of_any_dataset_fits_a_message_with_room_to_spare_and_decodes(d
     encoded = encode_instance_event(event)
     assert len(encoded) < MAX_MESSAGE_BYTES // 4
     assert decode_instance_event(encoded) == event
+
+
+SHORT_ALPHABET = "ABCabc0123456789.+-"  # ASCII: CS, DA and TM values are not decoded by SpecificCharacterSet
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(SHORT_FIELD_KEYWORDS)),
+    st.one_of(
+        st.lists(st.text(alphabet=SHORT_ALPHABET, min_size=1, max_size=70), min_size=1, max_size=80),
+        st.lists(st.text(alphabet=SHORT_ALPHABET, min_size=16, max_size=70), min_size=20, max_size=80),  # > 256
+    ),
+)
+def test_any_number_of_values_of_a_short_attribute_fits_its_event_field(keyword: str, values: list[str]) -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    raw(ds, keyword, values)
+    event = instance_event(ds, IDENTITY, RECEPTION)
+    field = SHORT_FIELD_KEYWORDS[keyword]
+    copied, whole = getattr(event, field), "\\".join(values)
+    assert len(copied) <= 256
+    if copied not in (whole, whole.upper()):  # less than the dataset holds: the event says so
+        assert field in event.clipped or keyword in event.clipped
+    assert decode_instance_event(encode_instance_event(event)) == event

@@ -138,8 +138,19 @@ def study_events(uid: str, series: int = 2, per_series: int = 2) -> list[Instanc
     ]
 
 
-def wait_listed(cluster: WebCluster, worker: Worker, uids: set[str], status: str | None = None, timeout: float = 60):
-    """Wait until ``worker``'s /api/studies lists all of ``uids`` (with ``status``) and is complete."""
+def wait_listed(
+    cluster: WebCluster,
+    worker: Worker,
+    uids: set[str],
+    status: str | None = None,
+    timeout: float = 60,
+    instance_count: int | None = None,
+):
+    """Wait until ``worker``'s /api/studies lists all of ``uids`` (with ``status``) and is complete.
+
+    A study is listed from its first instance on, so a test that then asserts counts passes ``instance_count``
+    to wait until every study has all of its instances in.
+    """
 
     def listed() -> dict[str, Any] | None:
         response = cluster.get(worker, "/api/studies")
@@ -147,7 +158,10 @@ def wait_listed(cluster: WebCluster, worker: Worker, uids: set[str], status: str
             return None
         body = response.json()
         rows = {r["study_uid"]: r for r in body["studies"] if r["study_uid"] in uids}
-        if body["complete"] and len(rows) == len(uids) and all(status in (None, r["status"]) for r in rows.values()):
+        wanted = all(
+            status in (None, r["status"]) and instance_count in (None, r["instance_count"]) for r in rows.values()
+        )
+        if body["complete"] and len(rows) == len(uids) and wanted:
             return body
         return None
 

@@ -33,7 +33,7 @@ def test_study_is_listed_with_counts_and_detail_but_no_patient_data(one_worker: 
     uid = unique_uid()
     cluster.produce(study_events(uid, series=2, per_series=3))
 
-    listing = wait_listed(cluster, worker, {uid})
+    listing = wait_listed(cluster, worker, {uid}, instance_count=6)
     row = next(r for r in listing["studies"] if r["study_uid"] == uid)
     assert (row["series_count"], row["instance_count"], row["revision"]) == (2, 6, 1)
     assert row["modalities"] == ["CT"]

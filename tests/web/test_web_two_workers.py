@@ -26,7 +26,7 @@ def test_each_worker_lists_every_study_and_answers_for_the_others(two_worker_clu
 
     on_a, on_b = wait_for(split, 90, interval=0.5, what="studies split between the two workers")
     for worker in (a, b):
-        listing = wait_listed(cluster, worker, studies)
+        listing = wait_listed(cluster, worker, studies, instance_count=2)
         assert listing["complete"] and not listing["errors"]
 
     for asked, owner, owned in ((a, b, on_b), (b, a, on_a)):
