@@ -38,7 +38,6 @@ _HASH_CHUNK = 1024 * 1024
 _LOCK_STRIPES = 64
 _PROCESS_LOCK_STRIPES = 65_536  # bytes of the shared lock file, one per SOP Instance UID stripe
 _SPARE_STAGED_FILES = 4  # empty staged files kept created ahead, per receiving process
-SPARE_SUFFIX = ".spare"  # of a staged file created ahead and not in use yet (renamed to .dcm when taken)
 
 
 class StorageError(StudyStreamError):
@@ -123,18 +122,14 @@ class InstanceStore:
 
         Taken from a few files created ahead in the background when there is one: creating a file here
         measured 0.25-0.5 ms, on the event loop, on the way to every C-STORE's response. Else created now.
+        A spare is taken as it is, not renamed: a rename, like a create, waits for the filesystem's journal
+        commit under way (with 4 associations, taking spares without renaming them measured +10%). A
+        spare is told from a file in use by being empty.
         """
-        spare = None
         try:
-            fd, spare_path = self._spares.popleft()
-            path = spare_path.with_suffix(".dcm")  # in use now: a partial file is told from a spare
-            os.rename(spare_path, path)
-            spare = fd, path
+            spare: tuple[int, Path] | None = self._spares.popleft()
         except IndexError:
-            pass
-        except OSError:
-            os.close(fd)
-            spare_path.unlink(missing_ok=True)
+            spare = None
         if not self._refilling and not self._closing and len(self._spares) < _SPARE_STAGED_FILES:
             self._refilling = True
             try:
@@ -146,17 +141,17 @@ class InstanceStore:
     def _refill_spares(self) -> None:
         try:
             while len(self._spares) < _SPARE_STAGED_FILES and not self._closing:
-                self._spares.append(self._create_staged_file(SPARE_SUFFIX))
+                self._spares.append(self._create_staged_file())
         except OSError as exc:
             log.debug("creating spare staged files failed (created when needed instead): %s", exc)
         finally:
             self._refilling = False
 
-    def _create_staged_file(self, suffix: str = ".dcm") -> tuple[int, Path]:
+    def _create_staged_file(self) -> tuple[int, Path]:
         """Named by process and counter rather than ``tempfile.mkstemp``'s random names (cheaper);
         ``O_EXCL`` still guarantees a fresh file."""
         while True:
-            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}{suffix}"
+            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}.dcm"
             try:
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
             except FileExistsError:

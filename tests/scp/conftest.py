@@ -21,7 +21,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from app.settings import Settings
-from scp.storage import SPARE_SUFFIX
 from tests.conftest import ROOT, free_port, unique_uid, wait_for
 
 STORESCU = "/usr/bin/storescu"
@@ -75,8 +74,18 @@ def make_dataset(
 
 
 def partial_files(incoming: Path) -> list[Path]:
-    """Files in a receiver's incoming directory other than its spares (empty files created ahead)."""
-    return [p for p in incoming.iterdir() if p.suffix != SPARE_SUFFIX]
+    """Files in a receiver's incoming directory other than its spares (empty files created ahead).
+
+    A C-STORE's staged file holds its File Meta from its first moment, so it is never empty.
+    """
+    return [p for p in incoming.iterdir() if _size(p) > 0]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # renamed or removed meanwhile
+        return 0
 
 
 def write_dataset(ds: Dataset, directory: Path) -> Path:

@@ -26,7 +26,7 @@ from scp.cstore import file_meta
 from scp.negotiation import CallingAllowlist
 from scp.outbox import Outbox, OutboxInUse
 from scp.receiver import adopt_orphan_outboxes, outbox_path, slot_of_outbox
-from scp.storage import SPARE_SUFFIX, InstanceStore, file_sha256
+from scp.storage import InstanceStore, file_sha256
 from tests.conftest import wait_for
 from tests.scp.conftest import make_dataset, partial_files
 
@@ -156,17 +156,19 @@ def test_staged_files_come_from_spares_created_ahead_and_closing_the_store_remov
     store = InstanceStore(tmp_path / "store", fsync=False)
     store.prepare()
 
-    def spares() -> list[Path]:
-        return [p for p in store.incoming.iterdir() if p.suffix == SPARE_SUFFIX]
-
     fd, first = store.new_staged_file()  # none created ahead yet: this one now, the spares in the background
+    os.write(fd, b"first")
     os.close(fd)
+
+    def spares() -> list[Path]:
+        return [p for p in store.incoming.iterdir() if p.stat().st_size == 0]
+
     made = wait_for(lambda: len(spares()) == 4 and spares(), 10, what="four spare staged files")
     fd, second = store.new_staged_file()
     os.write(fd, b"dataset")
     os.close(fd)
 
-    assert isinstance(made, list) and second in {p.with_suffix(".dcm") for p in made}
+    assert isinstance(made, list) and second in made  # a spare, taken as it is
     assert second.suffix == ".dcm" and second != first and second.read_bytes() == b"dataset"
     store.close()
     # The spares go with the store; the files in use stay theirs to rename or delete.
