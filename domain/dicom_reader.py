@@ -58,13 +58,13 @@ class EventLimits:
 
 
 @lru_cache(maxsize=8)
-def string_bounds(struct: type[msgspec.Struct]) -> dict[str, int]:
+def string_bounds(struct: type[msgspec.Struct]) -> tuple[tuple[str, int], ...]:
     """The maximum length of each bounded string field of ``struct``, as its schema declares it."""
-    return {
-        field.name: field.type.max_length
+    return tuple(
+        (field.name, field.type.max_length)
         for field in msgspec.inspect.type_info(struct).fields
         if isinstance(field.type, msgspec.inspect.StrType) and field.type.max_length is not None
-    }
+    )
 
 
 @lru_cache(maxsize=512)
@@ -184,11 +184,10 @@ class BoundedReader:
         ``str.upper`` lengthened, can still exceed the field's bound, and the event would then fail to
         decode after the instance was acknowledged.
         """
-        for name, bound in string_bounds(struct).items():
-            value = fields.get(name)
-            if isinstance(value, str) and len(value) > bound:
-                fields[name] = value[:bound]
-                self.mark_clipped(f"{where}{name}")
+        over = [(name, bound) for name, bound in string_bounds(struct) if len(fields.get(name, "")) > bound]
+        for name, bound in over:  # once per C-STORE: found in one pass, cut (rarely) after it
+            fields[name] = fields[name][:bound]
+            self.mark_clipped(f"{where}{name}")
         return fields
 
     def _repair(self, where: str) -> None:
