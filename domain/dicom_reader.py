@@ -185,7 +185,7 @@ class BoundedReader:
         decode after the instance was acknowledged.
         """
         over = [(name, bound) for name, bound in string_bounds(struct) if len(fields.get(name, "")) > bound]
-        for name, bound in over:  # once per C-STORE: found in one pass, cut (rarely) after it
+        for name, bound in over:  # rarely any: found in one pass over the schema's bounds, cut after it
             fields[name] = fields[name][:bound]
             self.mark_clipped(f"{where}{name}")
         return fields
@@ -282,7 +282,7 @@ class BoundedReader:
         except VALUE_ERRORS:
             return ()
         if len(items) > self.limits.max_items:
-            self.clipped.append(keyword)
+            self.mark_clipped(keyword)
             items = items[: self.limits.max_items]
         for item in items:
             code = (

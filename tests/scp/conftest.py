@@ -81,6 +81,11 @@ def partial_files(incoming: Path) -> list[Path]:
     return [p for p in incoming.iterdir() if _size(p) > 0]
 
 
+def spare_files(incoming: Path) -> list[Path]:
+    """The spares in a receiver's incoming directory: the files :func:`partial_files` leaves out."""
+    return [p for p in incoming.iterdir() if _size(p) == 0]
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size

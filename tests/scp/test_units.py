@@ -28,7 +28,7 @@ from scp.outbox import Outbox, OutboxInUse
 from scp.receiver import adopt_orphan_outboxes, outbox_path, slot_of_outbox
 from scp.storage import InstanceStore, file_sha256
 from tests.conftest import wait_for
-from tests.scp.conftest import make_dataset, partial_files
+from tests.scp.conftest import make_dataset, partial_files, spare_files
 
 RECEPTION = Reception(
     transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -160,10 +160,7 @@ def test_staged_files_come_from_spares_created_ahead_and_closing_the_store_remov
     os.write(fd, b"first")
     os.close(fd)
 
-    def spares() -> list[Path]:
-        return [p for p in store.incoming.iterdir() if p.stat().st_size == 0]
-
-    made = wait_for(lambda: len(spares()) == 4 and spares(), 10, what="four spare staged files")
+    made = wait_for(lambda: len(spares := spare_files(store.incoming)) == 4 and spares, 10, what="four spares")
     fd, second = store.new_staged_file()
     os.write(fd, b"dataset")
     os.close(fd)
