@@ -96,7 +96,7 @@ class _Message:
     """The DIMSE message being received: its command, then (if it has one) its dataset."""
 
     context_id: int
-    command: Dataset
+    command: dimse.Command
     sink: StagedInstance | _Memory | None = None
 
 
@@ -115,7 +115,7 @@ class Association:
         self.command_buffer = bytearray()
         self.command_context = 0
         self.message: _Message | None = None
-        self.replies: dict[int, asyncio.Future[Dataset]] = {}
+        self.replies: dict[int, asyncio.Future[dimse.Command]] = {}
         self.next_message_id = 1
         self.stored = 0
         self.bytes_received = 0
@@ -405,7 +405,7 @@ class Association:
     async def report_here(self, context_id: int, report: Any) -> bool:
         message_id = self.next_message_id
         self.next_message_id += 1
-        reply: asyncio.Future[Dataset] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[dimse.Command] = asyncio.get_running_loop().create_future()
         self.replies[message_id] = reply
         syntax = self.contexts[context_id].transfer_syntax[0]
         data = encode(report.info, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated) or b""

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 from domain.errors import ConfigurationError
 from domain.events import CommitmentRequest, encode_commitment_request
 from domain.uids import is_valid_uid
+from scp.dimse import Command
 
 log = logging.getLogger(f"studystream.{__name__}")
 
@@ -226,7 +227,7 @@ class CommitmentReport:
 
 
 def commitment_action(
-    deps: Any, command: Dataset, info: Dataset | None, calling_ae: str
+    deps: Any, command: Command, info: Dataset | None, calling_ae: str
 ) -> tuple[int, CommitmentReport | None]:
     """N-ACTION of Storage Commitment: the status to answer at once, and the report to send afterwards.
 

@@ -1,15 +1,19 @@
-"""DIMSE command sets (PS3.7 chapter 9 and 10): decoded and encoded with pydicom, implicit VR little endian.
+"""DIMSE command sets (PS3.7 chapter 9 and 10), implicit VR little endian.
 
 Pure: the association (:mod:`scp.association`) reassembles the command fragments and hands the bytes here.
+Requests are decoded by hand into a :class:`Command` (names and VRs from pydicom's dictionary): a
+pydicom Dataset and its element access cost ~0.28 ms per C-STORE on the event loop, about a twentieth
+of the whole C-STORE. Rarely sent requests are still encoded with pydicom.
 """
 
 from __future__ import annotations
 
 import struct
-from io import BytesIO
+from collections.abc import Iterator
+from typing import Any
 
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from pynetdicom.dsutils import encode
 
@@ -27,24 +31,81 @@ WITH_DATASET = 0x0001
 MAX_COMMAND_BYTES = 64 * 1024
 
 _GROUP_LENGTH = Tag(0x0000, 0x0000)
+_ELEMENT_HEADER = struct.Struct("<HHI")
+# Command elements (group 0000) by element number: (keyword, VR), from pydicom's dictionary.
+_COMMAND_ELEMENTS: dict[int, tuple[str, str]] = {
+    tag & 0xFFFF: (entry[4], entry[0]) for tag, entry in DicomDictionary.items() if tag >> 16 == 0 and entry[4]
+}
+_TEXT_VRS = frozenset({"UI", "AE", "CS", "LO", "SH", "ST", "LT"})
 
 
 class CommandError(StudyStreamError):
     """A command set that does not decode, or lacks what its command needs."""
 
 
-def decode_command(data: bytes) -> Dataset:
-    try:
-        command = read_dataset(BytesIO(data), is_implicit_VR=True, is_little_endian=True)
-        field = command.get("CommandField")
-        if field is None:
-            raise CommandError("command set without a Command Field")
-        int(field)
-        return command
-    except CommandError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many exception types on malformed input
-        raise CommandError(f"command set does not decode ({type(exc).__name__})") from None
+class Command:
+    """A decoded command set: its elements by keyword, as ``int`` (US, UL), ``str`` (UIDs and text, padding
+    stripped) or ``bytes`` (any other VR). Read like a pydicom Dataset: ``get``, ``in``, attributes."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: dict[str, int | str | bytes]) -> None:
+        self.values = values
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self.values.get(keyword, default)
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self.values
+
+    def __getattr__(self, keyword: str) -> Any:
+        try:
+            return self.values[keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __repr__(self) -> str:
+        return f"Command({self.values!r})"
+
+
+def _value(vr: str, raw: bytes) -> int | str | bytes:
+    if vr == "US":
+        if len(raw) != 2:
+            raise CommandError(f"a US element of {len(raw)} bytes")
+        return int.from_bytes(raw, "little")
+    if vr == "UL":
+        if len(raw) != 4:
+            raise CommandError(f"a UL element of {len(raw)} bytes")
+        return int.from_bytes(raw, "little")
+    if vr in _TEXT_VRS:
+        return raw.decode("ascii", "replace").strip("\0 ")
+    return raw
+
+
+def decode_command(data: bytes) -> Command:
+    """The command set in ``data``; :class:`CommandError` if it does not decode or has no Command Field.
+
+    Elements of other groups (none belong in a command set) and unknown command elements are skipped."""
+    values: dict[str, int | str | bytes] = {}
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < 8:
+            raise CommandError("command set does not decode (an element header runs past its end)")
+        group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
+        offset += 8
+        if length > end - offset:  # an undefined length (0xFFFFFFFF) included
+            raise CommandError("command set does not decode (an element runs past its end)")
+        raw = data[offset : offset + length]
+        offset += length
+        known = _COMMAND_ELEMENTS.get(element) if group == 0 else None
+        if known is not None:
+            values[known[0]] = _value(known[1], raw)
+    if not isinstance(values.get("CommandField"), int):
+        raise CommandError("command set without a Command Field")
+    return Command(values)
 
 
 def encode_command(command: Dataset) -> bytes:
@@ -57,8 +118,8 @@ def encode_command(command: Dataset) -> bytes:
     return (encode(length, True, True) or b"") + encoded
 
 
-def has_dataset(command: Dataset) -> bool:
-    return int(command.get("CommandDataSetType", NO_DATASET)) != NO_DATASET
+def has_dataset(command: Command) -> bool:
+    return command.get("CommandDataSetType", NO_DATASET) != NO_DATASET
 
 
 def _implicit(element: int, value: bytes) -> bytes:
@@ -82,7 +143,7 @@ def _us(value: int) -> bytes:
 
 def response(
     field: int,
-    request: Dataset,
+    request: Command | Dataset,
     status: int,
     *,
     sop_class: str | None = None,

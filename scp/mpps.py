@@ -125,7 +125,7 @@ def _publish(deps: Any, calling_ae: str) -> Callable[[mpps.Outcome], None]:
     return publish
 
 
-def mpps_response(deps: Any, command: Dataset, info: Dataset | None, calling_ae: str) -> bytes:
+def mpps_response(deps: Any, command: dimse.Command, info: Dataset | None, calling_ae: str) -> bytes:
     """The encoded N-CREATE-RSP / N-SET-RSP of one request (:func:`mpps_request`)."""
     answer = mpps_request(deps, command, info, calling_ae)
     creating = int(command.CommandField) == dimse.N_CREATE_RQ
@@ -142,7 +142,7 @@ def mpps_response(deps: Any, command: Dataset, info: Dataset | None, calling_ae:
     )
 
 
-def mpps_request(deps: Any, command: Dataset, info: Dataset | None, calling_ae: str) -> MppsAnswer:
+def mpps_request(deps: Any, command: dimse.Command, info: Dataset | None, calling_ae: str) -> MppsAnswer:
     """N-CREATE or N-SET of a Modality Performed Procedure Step (in the receiver's thread pool): the answer.
 
     ``info`` is the request's dataset, ``None`` when it was too large or did not decode.

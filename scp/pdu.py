@@ -1,8 +1,9 @@
 """The DICOM upper layer's PDUs on an asyncio stream: framing, bounds and timeouts (PS3.8 9.3).
 
 Reading never holds more than a bounded amount of one PDU in memory: association PDUs are at most
-:data:`MAX_CONTROL_PDU` bytes; a P-DATA-TF PDU, however long its peer makes it, is read item by item
-and each fragment in chunks, handed to the caller as it arrives. Every read has a deadline, so a peer
+:data:`MAX_CONTROL_PDU` bytes; a P-DATA-TF PDU of up to :data:`WHOLE_PDU` bytes is read in one piece, a
+longer one (however long its peer makes it) item by item and each fragment in chunks, handed to the
+caller as it arrives. Every read has a deadline, so a peer
 that sends nothing, or one byte a second, is dropped.
 """
 
@@ -20,6 +21,7 @@ A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x05, 0x06, 0x07
 KNOWN_TYPES = frozenset(range(1, 8))
 MAX_CONTROL_PDU = 256 * 1024  # an A-ASSOCIATE-RQ with 128 contexts is ~30 KB
 CHUNK = 64 * 1024  # a fragment is read in pieces of this size, each within the network timeout
+WHOLE_PDU = 256 * 1024  # a P-DATA-TF up to this long is read whole (one read, one timeout), then split
 
 # A-ABORT sources and A-P-ABORT provider reasons (PS3.8 9.3.8)
 SOURCE_SERVICE_USER, SOURCE_SERVICE_PROVIDER = 0x00, 0x02
@@ -107,20 +109,20 @@ class PduReader:
 
     async def pdv_items(self, length: int) -> AsyncIterator[tuple[PdvHeader, AsyncIterator[bytes]]]:
         """The PDV items of a P-DATA-TF of ``length`` bytes, each with its fragment as chunks."""
-        remaining = length
-        if remaining < 6:
+        if length < 6:
             raise ProtocolError("P-DATA-TF without a PDV item")
+        if length <= WHOLE_PDU:
+            # One read for the whole PDU (the usual case): each read costs a timeout and a few awaits.
+            body = await self._exactly(length)
+            for header, start in _pdv_items_in(body):
+                yield header, _one(body[start : start + header.length])
+            return
+        remaining = length
         while remaining > 0:
             if remaining < 6:
                 raise ProtocolError("PDV item header runs past the PDU")
-            item_length, context_id, control = struct.unpack(">LBB", await self._exactly(6))
-            remaining -= 4
-            if item_length < 2 or item_length > remaining:
-                raise ProtocolError("PDV item length disagrees with the PDU length")
-            if context_id % 2 == 0 or control & 0xFC:
-                raise ProtocolError("PDV item with an invalid context ID or control header")
-            remaining -= item_length
-            header = PdvHeader(context_id, bool(control & 1), bool(control & 2), item_length - 2)
+            header = _pdv_header(await self._exactly(6), remaining - 4)
+            remaining -= 6 + header.length
             chunks = self._chunks(header.length)
             yield header, chunks
             async for _ in chunks:  # what the caller did not read is skipped
@@ -131,3 +133,31 @@ class PduReader:
             piece = await self._exactly(min(CHUNK, length))
             length -= len(piece)
             yield piece
+
+
+def _pdv_header(raw: bytes, room: int) -> PdvHeader:
+    """A PDV item's header; ``room``: the PDU's bytes left after the item's length field."""
+    item_length, context_id, control = struct.unpack(">LBB", raw)
+    if item_length < 2 or item_length > room:
+        raise ProtocolError("PDV item length disagrees with the PDU length")
+    if context_id % 2 == 0 or control & 0xFC:
+        raise ProtocolError("PDV item with an invalid context ID or control header")
+    return PdvHeader(context_id, bool(control & 1), bool(control & 2), item_length - 2)
+
+
+def _pdv_items_in(body: bytes) -> list[tuple[PdvHeader, int]]:
+    """Every PDV item of a P-DATA-TF body held in memory, with where its fragment starts, checked up front
+    (as the streamed path would find them, but before any fragment is handed on)."""
+    items, offset = [], 0
+    while offset < len(body):
+        if len(body) - offset < 6:
+            raise ProtocolError("PDV item header runs past the PDU")
+        header = _pdv_header(body[offset : offset + 6], len(body) - offset - 4)
+        items.append((header, offset + 6))
+        offset += 6 + header.length
+    return items
+
+
+async def _one(piece: bytes) -> AsyncIterator[bytes]:
+    if piece:
+        yield piece

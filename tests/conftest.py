@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -20,9 +21,25 @@ from app.topology import topology
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports handed to the processes a test starts come from below the ephemeral range (32768-60999 here):
+# a port the OS picked for bind(0) could be taken by any outgoing connection (a Kafka client, storescu)
+# before the process binds it, and was, once (the receiver's metrics port). Each is handed out once;
+# several receiving processes use their base port + slot, so the ports handed out are 4 apart.
+_PORTS = itertools.count(20000 + (os.getpid() * 7919) % 10000, 4)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
+    """A TCP port nobody listens on right now and no other test of this session was given."""
+    for port in _PORTS:
+        if port >= 32768:
+            break
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the range is used up: let the OS pick
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
