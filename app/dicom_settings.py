@@ -153,6 +153,12 @@ class DicomSettings(BaseSettings):
         True,
         description="fsync each stored file, its directory and the outbox before answering success (off: benchmarks).",
     )
+    receiver_inline_store: bool = Field(
+        True,
+        description="While one association is the only one open, store its instances on the event loop itself "
+        "(the hand-off to a thread and back was ~0.6 ms of a C-STORE's 4.5); with more open, or off, they are "
+        "stored in the thread pool so that no association waits behind another's disk.",
+    )
     receiver_metrics_port: int = Field(
         9110,
         ge=0,

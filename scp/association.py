@@ -64,6 +64,7 @@ class ReceiverDeps:
     mpps: Any = None  # scp.mpps.StepStore
     mpps_max_instances: int = 10_000
     fault_after_store: int = 0
+    inline_store: bool = False  # a lone association's instances are stored on the loop (receiver_inline_store)
     active: dict[str, int] = field(default_factory=dict)  # calling AE → associations open
     background: set[asyncio.Task[None]] = field(default_factory=set)  # reports outliving their association
     stored: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # thread-safe under the GIL
@@ -335,7 +336,10 @@ class Association:
             called_ae=self.called_ae,
             peer_address=f"{self.host}:{self.port}",
         )
-        status = await self.deps.run_blocking(store_instance, self.deps, staged, arrival)
+        if self.deps.inline_store and self.deps.open_associations <= 1:
+            status = store_instance(self.deps, staged, arrival)  # nobody else is waiting for the loop
+        else:
+            status = await self.deps.run_blocking(store_instance, self.deps, staged, arrival)
         if status == SUCCESS:
             self.stored += 1
             self.deps.metrics.store_seconds.observe(time.perf_counter() - started)
@@ -439,6 +443,9 @@ class Association:
     async def _write(self, data: bytes) -> None:
         try:
             self.writer.write(data)
+            transport = self.writer.transport
+            if not transport.get_write_buffer_size() and not transport.is_closing():
+                return  # all of it taken by the kernel: nothing to wait for (a timeout less per response)
             async with asyncio.timeout(self.deps.network_timeout):  # no Task per write, unlike wait_for
                 await self.writer.drain()
         except (TimeoutError, ConnectionError, OSError, RuntimeError) as exc:
@@ -446,7 +453,8 @@ class Association:
 
 
 def store_instance(deps: ReceiverDeps, staged: StagedInstance, arrival: Arrival) -> int:
-    """Steps 1-3 of :mod:`scp.cstore` for one complete C-STORE (in the receiver's thread pool); the status."""
+    """Steps 1-3 of :mod:`scp.cstore` for one complete C-STORE (in the thread pool, or on the loop for a lone
+    association: ``receiver_inline_store``); the status."""
     path: Path | None = None
     try:
         path = staged.finish()

@@ -225,6 +225,7 @@ class Receiver:
             ),
             commitment_max_uids=s.receiver_commitment_record_max_uids,
             fault_after_store=s.receiver_fault_after_store,
+            inline_store=s.receiver_inline_store,
         )
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -17,10 +17,12 @@ from tests.conftest import unique_uid, wait_for
 from tests.scp.conftest import dataset_bytes, echoscu, make_dataset, read_events, storescu, write_dataset
 
 
+# A lone association's instances are stored on the event loop (receiver_inline_store); off, in the pool.
+@pytest.mark.parametrize("inline_store", ["true", "false"])
 def test_storescu_files_are_stored_bit_identical_with_one_event_each(
-    receiver_factory, kafka: Settings, tmp_path: Path
+    receiver_factory, kafka: Settings, tmp_path: Path, inline_store: str
 ) -> None:
-    receiver = receiver_factory().start()
+    receiver = receiver_factory().start(STUDYSTREAM_RECEIVER_INLINE_STORE=inline_store)
     study = unique_uid()
     series = unique_uid()
     sent = [write_dataset(make_dataset(study, series, instance_number=n), tmp_path / "out") for n in range(1, 4)]
