@@ -20,6 +20,7 @@ from domain.dicom_reader import (
     EventLimits,
     element_value,
     int_value,
+    plain_uid,
     raw_value,
     read_element,
 )
@@ -94,8 +95,11 @@ def check_identity(ds: Dataset, request_sop_class: str, request_sop_instance: st
     uids: dict[str, str] = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         try:
-            # UIDs are ASCII: no character set to look up (the dataset's costs a lookup of its own).
-            value = str(element_value(ds, read_element(ds, keyword), keyword, "iso8859") or "").strip()
+            element = read_element(ds, keyword)
+            value = plain_uid(element, keyword)
+            if value is None:
+                # UIDs are ASCII: no character set to look up (the dataset's costs a lookup of its own).
+                value = str(element_value(ds, element, keyword, "iso8859") or "").strip()
         except VALUE_ERRORS as exc:
             raise InstanceRejected("malformed_uid", f"{keyword} unreadable ({type(exc).__name__})") from None
         if not value:

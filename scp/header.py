@@ -2,14 +2,17 @@
 
 :func:`pydicom.dcmread` of the staged file took most of the time between a dataset's last fragment and
 its response: reading the File Meta group back and probing for a command group cost four times the
-dataset's own parse. The receiver wrote that File Meta itself, so it is known; this builds what
-``dcmread(stop_before_pixels=True)`` would return (a :class:`~pydicom.dataset.FileDataset`, encoded as
-the transfer syntax says) from the in-memory head with pydicom's own dataset reader.
+dataset's own parse. The receiver wrote that File Meta itself, so it is known; this builds the dataset
+``dcmread(stop_before_pixels=True)`` would return (encoded as the transfer syntax says) from the
+in-memory head with pydicom's own dataset reader. It is a plain :class:`~pydicom.dataset.Dataset`,
+without the File Meta and preamble a :class:`~pydicom.dataset.FileDataset` carries: nothing downstream
+reads them, and building them cost almost as much as the dataset (0.12 of 0.25 ms).
 
 It answers only where the result is certainly the same as reading the file: a little-endian, not
 deflated transfer syntax; a dataset that does not begin with group 0000 or 0002 (which ``dcmread``
 treats specially); and either the whole file in the head, or a parse that stopped at the top-level
-pixel data inside the head. Anything else (or any exception) returns None: the caller reads the file.
+pixel data inside the head (so no value is deferred: none is larger than the head). Anything else (or
+any exception) returns None: the caller reads the file.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from __future__ import annotations
 import struct
 from io import BytesIO
 
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.filereader import data_element_generator, read_dataset
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.misc import size_in_bytes
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -49,8 +52,8 @@ def _implicit_vr(transfer_syntax: str) -> bool | None:
     return False  # every other syntax is explicit VR little endian (PS3.5 A.4)
 
 
-def parse_head(head: bytes | bytearray, transfer_syntax: str, file_size: int) -> FileDataset | None:
-    """What ``dcmread(file, stop_before_pixels=True, defer_size=DEFER_SIZE)`` returns, or None (read the file).
+def parse_head(head: bytes | bytearray, transfer_syntax: str, file_size: int) -> Dataset | None:
+    """The dataset ``dcmread(file, stop_before_pixels=True, defer_size=DEFER_SIZE)`` reads, or None (read the file).
 
     ``head``: the first bytes of the staged file (preamble, "DICM", File Meta, dataset); ``file_size``:
     the whole file's.
@@ -64,8 +67,6 @@ def parse_head(head: bytes | bytearray, transfer_syntax: str, file_size: int) ->
     complete = len(head) == file_size
     fp = BytesIO(head)
     try:
-        raw_meta = data_element_generator(BytesIO(head[_META_START:start]), False, True)
-        meta = FileMetaDataset({element.tag: element for element in raw_meta})  # one Dataset less than read_dataset
         fp.seek(start)
         dataset = read_dataset(fp, implicit, True, stop_when=_stop_at_pixels, defer_size=_DEFER_BYTES)
         end = fp.tell()
@@ -76,8 +77,7 @@ def parse_head(head: bytes | bytearray, transfer_syntax: str, file_size: int) ->
             group, element = struct.unpack_from("<HH", head, end)
             if (group << 16 | element) not in _PIXEL_TAGS:
                 return None
-        parsed = FileDataset(fp, dataset, bytes(head[:128]), meta, implicit, True)
-        parsed.set_original_encoding(implicit, True, dataset._character_set)
+        dataset.set_original_encoding(implicit, True, dataset._character_set)
     except Exception:  # noqa: BLE001 - reading the file decides (and reports) what this could not parse
         return None
-    return parsed
+    return dataset

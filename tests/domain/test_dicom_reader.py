@@ -11,7 +11,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from domain.dicom_reader import _PLAIN_VRS, BoundedReader, EventLimits, raw_value, tag_of
+from domain.dicom_reader import _PLAIN_VRS, BoundedReader, EventLimits, plain_uid, raw_value, tag_of
 
 # Keywords the event builder reads, one or more per plain VR.
 KEYWORDS = {
@@ -63,3 +63,25 @@ def test_the_reader_converts_a_raw_element_as_pydicom_does(
     assert raw_value(ds, keyword) == expected
     reader = BoundedReader(EventLimits())
     assert isinstance(reader.text(ds, keyword), str)  # and the cleaning after it never raises
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    raw=value_bytes | st.sampled_from([b"1.2.840.10008.1\x00", b" 1.2.3 ", b"1.2\x00\x00", b"1.2\\3.4", b"1.2 \x00"]),
+    vr=st.sampled_from([None, "UI", "LO"]),
+    keyword=st.sampled_from(["StudyInstanceUID", "SOPClassUID", "PatientID"]),
+)
+def test_a_plain_uid_is_what_pydicom_reads_stripped_or_none(raw: bytes, vr: str | None, keyword: str) -> None:
+    ds = Dataset()
+    tag = tag_of(keyword)
+    element = RawDataElement(Tag(tag), vr, len(raw), raw, 0, vr is None, True)
+    ds[tag] = element
+    value = plain_uid(element, keyword)
+    if (vr or ("UI" if keyword != "PatientID" else "LO")) != "UI":
+        assert value is None  # not a UID: converted as usual
+        return
+    read = copy.deepcopy(ds)[tag].value
+    if value is None:
+        assert not isinstance(read, str)  # several values: converted as usual
+    else:
+        assert value == str(read).strip()
