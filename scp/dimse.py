@@ -59,6 +59,8 @@ class Command:
         return keyword in self.values
 
     def __getattr__(self, keyword: str) -> Any:
+        if keyword.startswith("__"):  # copy and pickle probe for these, possibly before values is set
+            raise AttributeError(keyword)
         try:
             return self.values[keyword]
         except KeyError:

@@ -3,8 +3,8 @@
 Reading never holds more than a bounded amount of one PDU in memory: association PDUs are at most
 :data:`MAX_CONTROL_PDU` bytes; a P-DATA-TF PDU of up to :data:`WHOLE_PDU` bytes is read in one piece, a
 longer one (however long its peer makes it) item by item and each fragment in chunks, handed to the
-caller as it arrives. Every read has a deadline, so a peer
-that sends nothing, or one byte a second, is dropped.
+caller as it arrives. Every read has a deadline, so a peer that sends nothing, or one byte a second, is
+dropped.
 """
 
 from __future__ import annotations
