@@ -38,7 +38,16 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from app.settings import Settings
 from scp import dimse, pdu
 from tests.conftest import ROOT, unique_uid, wait_for
-from tests.scp.conftest import DCMTK_ENV, STORESCU, echoscu, make_dataset, partial_files, read_events, write_dataset
+from tests.scp.conftest import (
+    DCMTK_ENV,
+    STORESCU,
+    dataset_bytes,
+    echoscu,
+    make_dataset,
+    partial_files,
+    read_events,
+    write_dataset,
+)
 
 OPTIONS = {
     "-xs": JPEGLosslessSV1,
@@ -238,6 +247,38 @@ def test_a_peer_gone_in_the_middle_of_a_dataset_leaves_no_file_and_no_event(
     wait_for(lambda: not partial_files(incoming), 10, what="the partial file removed")
     assert receiver.stored_files() == []
     assert echoscu(receiver.port).returncode == 0  # and the receiver serves on
+
+
+def test_a_p_data_pdu_past_whole_pdu_is_streamed_stored_as_sent_and_checked_item_by_item(
+    receiver_factory, tmp_path: Path
+) -> None:
+    """Past pdu.WHOLE_PDU a P-DATA-TF is read item by item and in chunks, never whole: the same bytes stored,
+    and a PDV item whose length runs past such a PDU still ends the association."""
+    receiver = receiver_factory(STUDYSTREAM_RECEIVER_MAX_PDU="0").start()  # no limit of ours
+    ds = make_dataset(pixels=512)  # 512 KB of pixels: one PDV item in one PDU twice WHOLE_PDU long
+    sent = dataset_bytes(write_dataset(ds, tmp_path / "in"))
+    assert len(sent) > 2 * pdu.WHOLE_PDU
+    peer = RawPeer(receiver.port)
+    peer.send(associate_rq(contexts=2))
+    assert peer.read_pdu_type() == pdu.A_ASSOCIATE_AC
+    peer.send(pdu.p_data(3, True, True, store_command(1, str(ds.SOPInstanceUID))))
+    peer.send(pdu.p_data(3, False, True, sent))
+    assert peer.read_pdu_type() == pdu.P_DATA_TF  # the C-STORE response
+    (stored,) = wait_for(receiver.stored_files, 10, what="the instance stored")
+    assert dataset_bytes(stored) == sent
+    peer.close()
+
+    peer = RawPeer(receiver.port)
+    peer.send(associate_rq(contexts=2))
+    assert peer.read_pdu_type() == pdu.A_ASSOCIATE_AC
+    peer.send(pdu.p_data(3, True, True, store_command(1, unique_uid())))
+    first = pdu.p_data(3, False, False, sent[: pdu.WHOLE_PDU])[6:]  # a valid item, then one claiming too much
+    peer.send(pdu.pdu(pdu.P_DATA_TF, first + struct.pack(">LBB", 5000, 3, 0) + b"\x00" * 10))
+    assert peer.read_pdu_type() in (None, pdu.A_ABORT)
+    peer.close()
+    incoming = receiver.storage / ".incoming" / "0"
+    wait_for(lambda: not partial_files(incoming), 10, what="the partial file removed")
+    assert len(receiver.stored_files()) == 1
 
 
 def test_a_silent_peer_and_a_trickling_peer_are_dropped_by_the_timeouts(receiver_factory) -> None:
