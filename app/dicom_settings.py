@@ -151,7 +151,10 @@ class DicomSettings(BaseSettings):
     )
     receiver_fsync: bool = Field(
         True,
-        description="fsync each stored file, its directory and the outbox before answering success (off: benchmarks).",
+        description=(
+            "fsync each stored file and the outbox before answering success, and the file's directory "
+            "before publishing its event (off: benchmarks)."
+        ),
     )
     receiver_inline_store: bool = Field(
         True,

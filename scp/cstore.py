@@ -336,7 +336,7 @@ def commit_durably(
     with store.placing(target) as placed_at_ns:
         instance = msgspec.structs.replace(event, placed_at_ns=placed_at_ns)
         try:
-            row_id = outbox.add(instance)
+            row_id = outbox.add(instance, staged=path)
         except (sqlite3.Error, OSError) as exc:
             if data_sync is not None:
                 data_sync.exception()  # let the flush finish before the caller deletes the staged file

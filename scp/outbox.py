@@ -2,8 +2,9 @@
 
 SQLite in WAL mode (``synchronous=FULL`` when fsync is on). A row is written *before* its file is renamed
 into place and is held back from the publisher (in flight) until the handler releases it, so the
-publisher never announces a file that is not there. After a crash, :meth:`Outbox.recover` keeps the
-rows whose file is stored with the recorded SHA-256 and drops the rest (their sender got no success).
+publisher never announces a file that is not there. A row also records the file's staged name, so that
+after a crash :meth:`Outbox.recover` can finish a rename a power cut lost; it keeps the rows whose file is
+then stored with the recorded SHA-256 and drops the rest (their sender got no success).
 Published rows are deleted: the table holds exactly the unconfirmed events.
 
 Each outbox is held by one process (an exclusive ``flock`` on ``<outbox>.lock``): two receivers on one
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     stored_path TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     value BLOB NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    staged_path TEXT
 )
 """
 
@@ -54,11 +56,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
     quarantined_at REAL NOT NULL
 )
 """
+# Shared by the outbox and the quarantine. ``staged_path`` (outbox only) is where the file was before its
+# rename: a row whose rename a power cut lost is rolled forward from there (scp.storage's docstring).
 _COLUMNS = "study_uid, sop_instance_uid, stored_path, sha256, value, created"
+_OUTBOX_COLUMNS = f"{_COLUMNS}, staged_path"
 
-_INSERT = (
-    "INSERT INTO outbox (study_uid, sop_instance_uid, stored_path, sha256, value, created) VALUES (?, ?, ?, ?, ?, ?)"
-)
+_INSERT = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - constant columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class _Waiting:
     """One add waiting for its group's commit."""
 
     row: tuple[str, str, str, str, bytes]
+    staged_path: str | None
     row_id: int = 0
     done: bool = False
     error: BaseException | None = None
@@ -118,8 +122,7 @@ class Outbox:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-        self._db.execute(_SCHEMA)
-        self._db.execute(_QUARANTINE_SCHEMA)
+        _create_tables(self._db)
         self._lock = threading.Lock()
         self._group = threading.Condition()
         self._queue: list[_Waiting] = []
@@ -145,10 +148,8 @@ class Outbox:
         try:
             source = sqlite3.connect(other, isolation_level=None)
             try:
-                source.execute(_SCHEMA)
-                rows = source.execute(
-                    "SELECT study_uid, sop_instance_uid, stored_path, sha256, value, created FROM outbox ORDER BY id"
-                ).fetchall()
+                _create_tables(source)
+                rows = source.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY id").fetchall()  # noqa: S608
             finally:
                 source.close()
             if rows:
@@ -169,14 +170,16 @@ class Outbox:
         """Call ``listener`` (from the releasing thread) whenever an event becomes publishable."""
         self._listeners.append(listener)
 
-    def add(self, event: InstanceEvent) -> int:
+    def add(self, event: InstanceEvent, staged: Path | None = None) -> int:
         """Commit ``event`` durably; it stays in flight (unpublished) until :meth:`release`.
+
+        ``staged``: where the event's file is until it is renamed to ``event.stored_path``.
 
         Group commit: the adds of every thread waiting at the same moment share one transaction, so one
         disk flush makes all of them durable (the receive rate with fsync approaches the rate without).
         """
         row = (event.study_uid, event.sop_instance_uid, event.stored_path, event.sha256, encode_instance_event(event))
-        waiting = _Waiting(row)
+        waiting = _Waiting(row, None if staged is None else str(staged))
         with self._group:
             self._queue.append(waiting)
             while not waiting.done:
@@ -203,7 +206,7 @@ class Outbox:
                 if grouped:
                     self._db.execute("BEGIN")
                 for item in batch:
-                    item.row_id = int(self._db.execute(_INSERT, (*item.row, now)).lastrowid or 0)
+                    item.row_id = int(self._db.execute(_INSERT, (*item.row, now, item.staged_path)).lastrowid or 0)
                 if grouped:
                     self._db.execute("COMMIT")
                 self._in_flight.update(item.row_id for item in batch)
@@ -219,7 +222,7 @@ class Outbox:
     def add_record(self, study_uid: str, value: bytes) -> int:
         """Commit a record that is no instance (no file): published after the study's earlier events."""
         with self._lock:
-            cursor = self._db.execute(_INSERT, (study_uid, "", "", "", value, time.time()))
+            cursor = self._db.execute(_INSERT, (study_uid, "", "", "", value, time.time(), None))
             row_id = int(cursor.lastrowid or 0)
         for listener in self._listeners:
             listener()
@@ -308,16 +311,34 @@ class Outbox:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
 
-    def recover(self, file_matches: Callable[[Path, str], bool]) -> tuple[int, int]:
-        """At start-up: keep rows whose stored file matches, drop the others. Returns (kept, dropped)."""
+    def recover(self, settle: Callable[[Path, Path | None, str], bool]) -> tuple[int, int]:
+        """At start-up: keep the rows whose file ``settle`` finds in place, drop the others. Returns (kept, dropped).
+
+        ``settle(stored, staged, sha256)``: :meth:`scp.storage.InstanceStore.settle`. Of the rows of one
+        target, the newest whose file can be put in place wins (rolled forward if need be); the rows with
+        its bytes are kept, the others dropped (replaced, or never placed: their sender got no success).
+        """
         with self._lock:
-            rows = self._db.execute("SELECT id, stored_path, sha256 FROM outbox ORDER BY id").fetchall()
-        # Rows without a file (commitment records) are kept as they are.
-        dropped = [row_id for row_id, path, sha256 in rows if path and not file_matches(Path(path), sha256)]
+            rows = self._db.execute("SELECT id, stored_path, staged_path, sha256 FROM outbox ORDER BY id").fetchall()
+        by_target: dict[str, list[tuple[int, str | None, str]]] = {}
+        for row_id, path, staged, sha256 in rows:
+            if path:  # rows without a file (commitment records) are kept as they are
+                by_target.setdefault(path, []).append((row_id, staged, sha256))
+        dropped: list[int] = []
+        for path, versions in by_target.items():
+            placed = next(
+                (sha256 for _, staged, sha256 in reversed(versions) if settle(Path(path), _path(staged), sha256)),
+                None,
+            )
+            dropped.extend(row_id for row_id, _, sha256 in versions if sha256 != placed)
         if dropped:
             with self._lock:
                 self._db.executemany("DELETE FROM outbox WHERE id = ?", [(row_id,) for row_id in dropped])
         return len(rows) - len(dropped), len(dropped)
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
 
 
 # --- The quarantine, also for `studystream receiver quarantine` (another process: no outbox lock) ---
@@ -337,9 +358,17 @@ def move_to_quarantine(db: sqlite3.Connection, row_id: int, reason: str) -> None
 def _open(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, timeout=10)
     db.execute("PRAGMA journal_mode=WAL")
+    _create_tables(db)
+    return db
+
+
+def _create_tables(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring an outbox of an earlier version up to this schema."""
     db.execute(_SCHEMA)
     db.execute(_QUARANTINE_SCHEMA)
-    return db
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    if "staged_path" not in columns:
+        db.execute("ALTER TABLE outbox ADD COLUMN staged_path TEXT")
 
 
 def list_quarantine(path: Path) -> list[QuarantinedRow]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -55,10 +56,19 @@ _BUSY_DEPTHS_INTERVAL = 1.0
 
 
 class Publisher:
-    def __init__(self, settings: Settings, outbox: Outbox, metrics: ReceiverMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        metrics: ReceiverMetrics,
+        before_publish: Callable[[], None] | None = None,
+    ) -> None:
+        """``before_publish`` runs (in a thread) after the outbox is read and before its events are sent:
+        :meth:`scp.storage.InstanceStore.sync_placed`, which makes the files of those events durable."""
         self.settings = settings
         self.outbox = outbox
         self.metrics = metrics
+        self._before_publish = before_publish
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = threading.Event()
@@ -194,7 +204,7 @@ class Publisher:
     async def _drain_once(self, producer: AIOKafkaProducer) -> int:
         """One round: send what the outbox holds, confirm each event the broker acknowledged, quarantine each
         it refused for good; a transient failure fails the round (after confirming what did get through)."""
-        entries = await asyncio.to_thread(self.outbox.pending, self.settings.receiver_publish_batch)
+        entries = await asyncio.to_thread(self._publishable)
         if not entries:
             await self._update_depths()
             return 0
@@ -242,6 +252,12 @@ class Publisher:
         if failed is not None:
             raise failed
         return len(confirmed) + len(refused)
+
+    def _publishable(self) -> list[OutboxEntry]:
+        entries = self.outbox.pending(self.settings.receiver_publish_batch)
+        if entries and self._before_publish is not None:
+            self._before_publish()  # an event read above was released after its file's rename: covered
+        return entries
 
     async def _update_depths(self) -> None:
         self._depths_at = time.monotonic()

@@ -29,7 +29,7 @@ from scp.mpps import StepStore
 from scp.negotiation import CallingAllowlist, Offer, supported_contexts
 from scp.outbox import Outbox
 from scp.publisher import Publisher
-from scp.storage import InstanceStore, file_sha256
+from scp.storage import InstanceStore
 from scp.stow import start_dicomweb
 
 log = logging.getLogger(f"studystream.{__name__}")
@@ -103,13 +103,6 @@ def adopt_orphan_outboxes(settings: Settings, processes: int) -> int:
     return moved
 
 
-def _file_matches(path: Path, sha256: str) -> bool:
-    try:
-        return path.is_file() and file_sha256(path) == sha256
-    except OSError:
-        return False
-
-
 def store_limits(settings: Settings) -> StoreLimits:
     return StoreLimits(
         max_dataset_bytes=settings.receiver_max_dataset_bytes,
@@ -154,8 +147,9 @@ class Receiver:
         self.store = InstanceStore(
             self.storage_dir, fsync=s.receiver_fsync, slot=str(self.slot), sync_threads=s.receiver_max_associations
         )
+        # Recovery first: it may finish a rename from a staged file, which prepare() would delete.
+        kept, dropped = self.outbox.recover(self.store.settle)
         leftovers = self.store.prepare()
-        kept, dropped = self.outbox.recover(_file_matches)
         log.info(
             "outbox %s: %d events to publish, %d dropped (file never placed); %d partial files removed",
             self.outbox.path,
@@ -164,7 +158,7 @@ class Receiver:
             leftovers,
         )
         self.metrics.outbox_depth.set(kept)
-        self.publisher = Publisher(s, self.outbox, self.metrics)
+        self.publisher = Publisher(s, self.outbox, self.metrics, before_publish=self.store.sync_placed)
         self.publisher.start()
         self.index = InstanceIndex(index_path(s), busy_timeout=s.receiver_index_timeout)
         self.mpps = StepStore(mpps_path(s), busy_timeout=s.receiver_index_timeout, fsync=s.receiver_fsync)

@@ -2,11 +2,18 @@
 
 Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. A file is written under
 a temporary name in ``<root>/.incoming/<slot>/`` (same filesystem, so the final step is an atomic
-rename), fsynced, renamed, and its directory fsynced: after :meth:`InstanceStore.commit` returns, the
-file survives a crash of the process or of the machine.
+rename), fsynced and renamed into place: after :meth:`InstanceStore.commit` returns, the file survives a
+crash of the process or of the machine.
 
 The data fsync can be started early (:meth:`InstanceStore.start_sync`) so that it overlaps the
 receiver's outbox commit, which waits for a flush of its own: one flush latency instead of two.
+
+Roll-forward placement: a staged file taken from the spares, whose own directory entry was made durable
+when it was created, is renamed without waiting for the fsync of the target's directory (0.18 ms of a
+10 KB C-STORE). After a power cut the file is then durable under one of its two names, and the outbox
+row (which records both) lets :meth:`InstanceStore.settle` finish a rename the cut lost. The directory
+fsync is owed, not skipped: :meth:`InstanceStore.sync_placed` pays it, for each distinct directory once,
+before the publisher announces any event of those files (after which their rows may be deleted).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ _HASH_CHUNK = 1024 * 1024
 _LOCK_STRIPES = 64
 _PROCESS_LOCK_STRIPES = 65_536  # bytes of the shared lock file, one per SOP Instance UID stripe
 _SPARE_STAGED_FILES = 4  # empty staged files kept created ahead, per receiving process
+_SETTLED_SUFFIX = ".s.dcm"  # a spare whose directory entry was fsynced after its creation
 
 
 class StorageError(StudyStreamError):
@@ -59,6 +67,10 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    return path.is_file() and file_sha256(path) == sha256
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:
@@ -97,6 +109,9 @@ class InstanceStore:
         self._spares: deque[tuple[int, Path]] = deque()
         self._refilling = False
         self._closing = False
+        # Target directories of roll-forward placements, owed an fsync before their events are published.
+        self._unsynced_dirs: set[Path] = set()
+        self._unsynced_lock = threading.Lock()
 
     @contextmanager
     def placing(self, target: Path) -> Iterator[int]:
@@ -139,19 +154,28 @@ class InstanceStore:
         return spare if spare is not None else self._create_staged_file()
 
     def _refill_spares(self) -> None:
+        created: list[tuple[int, Path]] = []
         try:
-            while len(self._spares) < _SPARE_STAGED_FILES and not self._closing:
-                self._spares.append(self._create_staged_file())
+            while len(self._spares) + len(created) < _SPARE_STAGED_FILES and not self._closing:
+                created.append(self._create_staged_file(_SETTLED_SUFFIX if self.fsync else ".dcm"))
+            if self.fsync and created:
+                # One directory fsync for the batch, off the response path: each spare's own name is then
+                # durable (its suffix says so), which lets its placement skip the target directory's fsync.
+                fsync_path(self.incoming, directory=True)
+            self._spares.extend(created)
         except OSError as exc:
             log.debug("creating spare staged files failed (created when needed instead): %s", exc)
+            for fd, path in created:
+                os.close(fd)
+                path.unlink(missing_ok=True)
         finally:
             self._refilling = False
 
-    def _create_staged_file(self) -> tuple[int, Path]:
+    def _create_staged_file(self, suffix: str = ".dcm") -> tuple[int, Path]:
         """Named by process and counter rather than ``tempfile.mkstemp``'s random names (cheaper);
         ``O_EXCL`` still guarantees a fresh file."""
         while True:
-            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}.dcm"
+            path = self.incoming / f"{os.getpid()}-{next(self._staged_names)}{suffix}"
             try:
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
             except FileExistsError:
@@ -243,6 +267,7 @@ class InstanceStore:
         if self.fsync and not data_synced:
             fsync_path(staged)
         self._make_dirs(target.parent)
+        rolls_forward = staged.name.endswith(_SETTLED_SUFFIX) and staged.parent == self.incoming
         try:
             os.replace(staged, target)
         except OSError as exc:
@@ -255,8 +280,53 @@ class InstanceStore:
                 fsync_path(local)
             os.replace(local, target)
             staged.unlink(missing_ok=True)
-        if self.fsync:
+            rolls_forward = False
+        if not self.fsync:
+            return
+        if rolls_forward:
+            with self._unsynced_lock:
+                self._unsynced_dirs.add(target.parent)
+        else:
             fsync_path(target.parent, directory=True)
+
+    def sync_placed(self) -> None:
+        """Make every roll-forward placement so far durable under its final name: one fsync per directory.
+
+        Called before events are published; on :class:`OSError` the directories not yet synced stay owed.
+        """
+        with self._unsynced_lock:
+            owed, self._unsynced_dirs = self._unsynced_dirs, set()
+        done: set[Path] = set()
+        try:
+            for directory in owed:
+                fsync_path(directory, directory=True)
+                done.add(directory)
+        finally:
+            if len(done) < len(owed):
+                with self._unsynced_lock:
+                    self._unsynced_dirs.update(owed - done)
+
+    def settle(self, target: Path, staged: Path | None, sha256: str) -> bool:
+        """At start-up, for an outbox row: does ``target`` hold ``sha256``, once a lost rename is finished?
+
+        A power cut may lose a roll-forward rename (the staged file, durable, keeps the bytes): it is done
+        again here. Either way the target's directory is owed an fsync (:meth:`sync_placed`): the process
+        that placed it may have died before paying it.
+        """
+        try:
+            if not _holds(target, sha256):
+                if staged is None or not _holds(staged, sha256):
+                    return False
+                self._make_dirs(target.parent)
+                os.replace(staged, target)
+                log.info("finished the placement of %s that a crash interrupted", target.name)
+        except OSError as exc:
+            log.warning("outbox row of %s: its file cannot be checked (%s)", target.name, exc)
+            return False
+        if self.fsync:
+            with self._unsynced_lock:
+                self._unsynced_dirs.add(target.parent)
+        return True
 
     def _make_dirs(self, directory: Path) -> None:
         if directory.is_dir():

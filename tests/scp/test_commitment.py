@@ -86,7 +86,7 @@ def test_commitment_record_round_trips_and_outlives_outbox_recovery(tmp_path: Pa
     outbox.add_record(record.study_uid, encode_commitment_request(record))
     outbox.close()
     reopened = Outbox(tmp_path / "outbox.sqlite")
-    assert reopened.recover(lambda path, sha: False) == (1, 0)  # no file to check: kept
+    assert reopened.recover(lambda path, staged, sha: False) == (1, 0)  # no file to check: kept
     assert [decode_raw_record(e.value) for e in reopened.pending(10)] == [record]
 
 

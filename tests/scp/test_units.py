@@ -218,7 +218,7 @@ def test_outbox_recovery_keeps_rows_whose_file_is_in_place(tmp_path: Path) -> No
     outbox.close()
 
     reopened = Outbox(path)
-    kept, dropped = reopened.recover(lambda p, sha: p.is_file() and file_sha256(p) == sha)
+    kept, dropped = reopened.recover(lambda p, staged, sha: p.is_file() and file_sha256(p) == sha)
 
     assert (kept, dropped) == (1, 1)
     assert [entry.key for entry in reopened.pending(10)] == [b"1.1"]
