@@ -79,7 +79,8 @@ def test_a_settled_spare_is_placed_without_its_directory_fsync_which_is_paid_onc
     assert synced_dirs.count(a.parent) == 1  # one fsync for both files of the series
     synced_dirs.clear()
     store.sync_placed()
-    assert synced_dirs == []  # nothing owed any more
+    # Nothing owed any more (spares refilled meanwhile in the background fsync only their own directory).
+    assert [directory for directory in synced_dirs if directory != store.incoming] == []
     store.close()
 
 
@@ -89,7 +90,7 @@ def test_a_file_created_on_demand_is_placed_with_its_directory_fsync(tmp_path: P
     target = store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
     target.parent.mkdir(parents=True)
     store.commit(store.stage_bytes(b"x"), target, _sha(b"x", tmp_path))  # its name was never fsynced
-    assert synced_dirs[-1] == target.parent
+    assert target.parent in synced_dirs
     store.close()
 
 
