@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-instances", type=int, default=0, help="also measure the receiver's RSS from 1,000 to this many instances"
     )
     args = parser.parse_args(argv)
-    rounds = max(1, args.rounds)
+    round_count = max(1, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="bench-receiver-", dir=ROOT / "state" if (ROOT / "state").is_dir() else None))
     try:
         sets = {
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(
             f"{'set':6} {'assoc':>5} {'proc':>4} {'rcv':>3} {'inst/s':>8} {'MB/s':>7} {'RSS MB':>7} {'pub s':>6}"
-            f"  {'range of ' + str(rounds) + ' rounds'}"
+            f"  {'range of ' + str(round_count) + ' rounds'}"
         )
         for config in args.configs:
             associations, processes = (int(part) for part in config.split("x"))
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not files:
                     continue
                 rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in "abcd"}
-                for _ in range(rounds):
+                for _ in range(round_count):
                     for kind in "abcd":
                         rounds[kind].append(run_one(kind, files, associations, work, processes))
                 results = {kind: median_round(runs) for kind, runs in rounds.items()}

@@ -117,7 +117,9 @@ def instrument() -> None:
         setattr(cstore, name, _timed(f"  {name}", getattr(cstore, name)))
     association.Association.sink_for = _timed("stage the file (loop)", association.Association.sink_for)
     outbox.Outbox._commit_group = _timed("  outbox group commit", outbox.Outbox._commit_group)
-    storage.InstanceStore._place = _timed("  place: rename + directory fsync", storage.InstanceStore._place)
+    storage.InstanceStore._place = _timed(
+        "  place: rename (+ dir fsync if not rolled forward)", storage.InstanceStore._place
+    )
     fsync_path = storage.fsync_path
 
     def timed_fsync(path: Path, directory: bool = False) -> None:

@@ -6,7 +6,7 @@ rename), fsynced and renamed into place: after :meth:`InstanceStore.commit` retu
 crash of the process or of the machine.
 
 The data fsync can be started early (:meth:`InstanceStore.start_sync`) so that it overlaps the
-receiver's outbox commit, which waits for a flush of its own: one flush latency instead of two.
+receiver's outbox commit, which waits for a flush of its own (never slower than one after the other).
 
 Roll-forward placement: a staged file taken from the spares, whose own directory entry was made durable
 when it was created, is renamed without waiting for the fsync of the target's directory (0.18 ms of a

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import scp.storage
 from app.settings import Settings
@@ -258,3 +261,26 @@ def test_a_receiver_restarted_after_a_power_cut_lost_its_renames_publishes_every
     for _, value in events:  # every announced file is in place with the bytes its event names
         assert file_sha256(Path(value["stored_path"])) == value["sha256"]
     wait_for(lambda: receiver.health()["outbox_depth"] == 0, 10, what="outbox drained")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from([b"v1", b"v2", b"v3"]), st.booleans()), min_size=1, max_size=4),
+    on_disk=st.sampled_from([None, b"v1", b"v2", b"v3", b"unrelated"]),
+)
+def test_recovery_keeps_the_newest_version_whose_bytes_survived_and_only_its_rows(
+    rows: list[tuple[bytes, bool]], on_disk: bytes | None
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        tmp_path = Path(directory)
+        outbox_file, root, target = _power_cut_state(tmp_path, rows, on_disk)
+        (kept, dropped), shas, store = _recover(outbox_file, root)
+        store.close()
+        winner = next((data for data, survived in reversed(rows) if survived or data == on_disk), None)
+        if winner is None:
+            assert kept == 0 and dropped == len(rows)
+            assert (target.read_bytes() if target.exists() else None) == on_disk  # nothing invented
+        else:
+            assert target.read_bytes() == winner
+            assert kept == sum(data == winner for data, _ in rows) and kept + dropped == len(rows)
+            assert set(shas) == {_sha(winner, tmp_path)}
