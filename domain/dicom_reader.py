@@ -128,8 +128,8 @@ def plain_ascii_text(vr: str, value: bytes) -> str | None:
 
     Those bytes mean the same in every character set DICOM allows (ISO 2022 needs an ESC to switch,
     which is not printable), so the value is the text itself with its padding removed. None for any
-    other value, VR or reading configuration: the caller converts it with pydicom. Measured ~6 us a
-    value saved, and an event reads about twenty.
+    other value, VR or reading configuration: the caller converts it with pydicom. Measured 0.4 us a
+    value instead of pydicom's 2.1-2.6 (SH, DA), and an event reads about twenty.
     """
     if vr not in _ASCII_TEXT_VRS or not value or value.translate(None, _PRINTABLE_NOT_DELIMITER):
         return None
@@ -152,9 +152,7 @@ def plain_uid(element: Any, keyword: str) -> str | None:
 
 def read_element(ds: Dataset, keyword: str) -> Any:
     """The element of ``keyword`` for :func:`element_value` (``None`` when absent); raises when unreadable."""
-    # What ``ds.get_item(tag, keep_deferred=True)`` returns, without its argument handling: 2 us a call,
-    # and an event reads about fifty elements.
-    return ds._dict.get(tag_of(keyword))
+    return ds.get_item(tag_of(keyword), keep_deferred=True)
 
 
 @lru_cache(maxsize=512)
