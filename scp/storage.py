@@ -284,8 +284,7 @@ class InstanceStore:
         if not self.fsync:
             return
         if rolls_forward:
-            with self._unsynced_lock:
-                self._unsynced_dirs.add(target.parent)
+            self._owe_fsync(target.parent)
         else:
             fsync_path(target.parent, directory=True)
 
@@ -324,9 +323,12 @@ class InstanceStore:
             log.warning("outbox row of %s: its file cannot be checked (%s)", target.name, exc)
             return False
         if self.fsync:
-            with self._unsynced_lock:
-                self._unsynced_dirs.add(target.parent)
+            self._owe_fsync(target.parent)
         return True
+
+    def _owe_fsync(self, directory: Path) -> None:
+        with self._unsynced_lock:
+            self._unsynced_dirs.add(directory)
 
     def _make_dirs(self, directory: Path) -> None:
         if directory.is_dir():

@@ -25,7 +25,7 @@ from scp.storage import InstanceStore, file_sha256
 from tests.conftest import free_port, unique_uid, wait_for
 from tests.scp.conftest import make_dataset, read_events, storescu, write_dataset
 from tests.scp.test_publisher import ScriptedProducer
-from tests.scp.test_units import _event
+from tests.scp.test_units import _event, file_sha256_of
 
 
 @pytest.fixture
@@ -55,12 +55,6 @@ def _settled_spare(store: InstanceStore, data: bytes) -> Path:
     return staged
 
 
-def _sha(data: bytes, tmp_path: Path) -> str:
-    probe = tmp_path / f"probe-{unique_uid()}"
-    probe.write_bytes(data)
-    return file_sha256(probe)
-
-
 def test_a_settled_spare_is_placed_without_its_directory_fsync_which_is_paid_once_later(
     tmp_path: Path, synced_dirs: list[Path]
 ) -> None:
@@ -73,8 +67,8 @@ def test_a_settled_spare_is_placed_without_its_directory_fsync_which_is_paid_onc
     assert store.incoming in synced_dirs  # the spares' own names were made durable when they were created
     synced_dirs.clear()
 
-    store.commit(staged_a, a, _sha(b"a", tmp_path))
-    store.commit(staged_b, b, _sha(b"b", tmp_path))
+    store.commit(staged_a, a, file_sha256_of(b"a", tmp_path))
+    store.commit(staged_b, b, file_sha256_of(b"b", tmp_path))
     assert a.read_bytes() == b"a" and b.read_bytes() == b"b"
     assert a.parent not in synced_dirs  # owed, not paid, before the response
 
@@ -92,7 +86,7 @@ def test_a_file_created_on_demand_is_placed_with_its_directory_fsync(tmp_path: P
     store.prepare()
     target = store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
     target.parent.mkdir(parents=True)
-    store.commit(store.stage_bytes(b"x"), target, _sha(b"x", tmp_path))  # its name was never fsynced
+    store.commit(store.stage_bytes(b"x"), target, file_sha256_of(b"x", tmp_path))  # its name was never fsynced
     assert target.parent in synced_dirs
     store.close()
 
@@ -102,7 +96,7 @@ def test_a_failed_directory_fsync_stays_owed(tmp_path: Path, monkeypatch: pytest
     store.prepare()
     target = store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
     target.parent.mkdir(parents=True)
-    store.commit(_settled_spare(store, b"x"), target, _sha(b"x", tmp_path))
+    store.commit(_settled_spare(store, b"x"), target, file_sha256_of(b"x", tmp_path))
 
     def failing(path: Path, directory: bool = False) -> None:
         raise OSError(5, "I/O error")
@@ -132,7 +126,7 @@ def _power_cut_state(tmp_path: Path, rows: list[tuple[bytes, bool]], on_disk: by
         staged = store.incoming / f"1-{n}.s.dcm"
         if survived:
             staged.write_bytes(data)
-        row_id = outbox.add(_event("1.2.3", "1.2.3.4.5", target, _sha(data, tmp_path)), staged=staged)
+        row_id = outbox.add(_event("1.2.3", "1.2.3.4.5", target, file_sha256_of(data, tmp_path)), staged=staged)
         outbox.release(row_id)
     outbox.close()
     store.close()
@@ -177,7 +171,7 @@ def test_an_older_staged_file_never_overwrites_a_newer_placed_version(tmp_path: 
     (kept, dropped), shas, _ = _recover(outbox_file, root)
     assert (kept, dropped) == (1, 1)
     assert target.read_bytes() == b"new"
-    assert shas == [_sha(b"new", tmp_path)]
+    assert shas == [file_sha256_of(b"new", tmp_path)]
 
 
 def test_a_row_whose_bytes_survived_nowhere_is_dropped(tmp_path: Path) -> None:
@@ -283,4 +277,4 @@ def test_recovery_keeps_the_newest_version_whose_bytes_survived_and_only_its_row
         else:
             assert target.read_bytes() == winner
             assert kept == sum(data == winner for data, _ in rows) and kept + dropped == len(rows)
-            assert set(shas) == {_sha(winner, tmp_path)}
+            assert set(shas) == {file_sha256_of(winner, tmp_path)}
