@@ -4,6 +4,7 @@ the round fails, a row refused for good is quarantined, and nothing acknowledged
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -102,4 +103,57 @@ def test_a_row_whose_delete_fails_neither_publishes_nor_blocks_its_study(tmp_pat
     assert [e.id for e in outbox.pending(10)] == [later]
     outbox.confirm([later])
     assert outbox.depth() == 0  # the set-aside row deleted with the next confirmation
+    outbox.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _publishing_to_nobody(tmp_path: Path, retry: float) -> tuple[Outbox, ReceiverMetrics, Publisher]:
+    """A started publisher with one waiting row, its broker a closed port, its back-off ``retry`` seconds."""
+    outbox = outbox_with(tmp_path, [b"waiting"])
+    metrics = ReceiverMetrics()
+    settings = Settings(
+        broker_url=f"kafka://127.0.0.1:{_closed_port()}",
+        receiver_publish_retry_initial=retry,
+        receiver_publish_retry_max=retry,
+        receiver_publish_timeout=2.0,
+    )
+    publisher = Publisher(settings, outbox, metrics)
+    publisher.start()
+    return outbox, metrics, publisher
+
+
+async def test_new_events_do_not_cut_the_back_off_short_while_the_broker_is_away(tmp_path: Path) -> None:
+    # Each stored instance releases a row and notifies the publisher. That used to end the back-off: one
+    # connection attempt and one warning per instance (about 80 a second under load) instead of one a back-off.
+    outbox, metrics, publisher = _publishing_to_nobody(tmp_path, retry=0.4)
+    window = 2.0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window
+    while loop.time() < deadline:
+        publisher.notify()  # as each C-STORE's release does
+        await asyncio.sleep(0.005)
+    attempts = metrics.registry.get_sample_value("studystream_receiver_publish_errors_total")
+    await publisher.stop(5)
+    assert attempts is not None and attempts >= 1  # it did try
+    assert attempts <= window / 0.4 + 2  # one attempt a back-off, not one a release (hundreds)
+    assert [e.value for e in outbox.pending(10)] == [b"waiting"]  # nothing lost meanwhile
+    outbox.close()
+
+
+async def test_stopping_ends_a_back_off_at_once(tmp_path: Path) -> None:
+    outbox, metrics, publisher = _publishing_to_nobody(tmp_path, retry=60.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not metrics.registry.get_sample_value("studystream_receiver_publish_errors_total"):
+        assert loop.time() < deadline, "the publisher never failed against a closed port"
+        await asyncio.sleep(0.01)
+    started = loop.time()
+    await publisher.stop(30)
+    assert publisher._task is not None and publisher._task.done()
+    assert loop.time() - started < 5  # not the 60 s back-off
     outbox.close()
