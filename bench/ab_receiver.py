@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--associations", type=int, default=1)
     parser.add_argument("--no-fsync", action="store_true")
     args = parser.parse_args(argv)
+    bench.require_broker()
     work = Path(tempfile.mkdtemp(prefix="ab-receiver-"))
     base_tree = work / "base"
     try:

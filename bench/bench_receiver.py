@@ -46,6 +46,21 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 """
 
 
+def require_broker() -> None:
+    """Exit unless the broker the receiver publishes to answers: without one its events only wait in the
+    outbox (an outage, not the steady state these benches measure) and publish lag is not measurable."""
+    from app.settings import Settings
+
+    for server in Settings().bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host or "localhost", int(port)), timeout=2):
+                return
+        except OSError:
+            continue
+    sys.exit("no Kafka broker answers (start the local one: `studystream stack up`)")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -285,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-instances", type=int, default=0, help="also measure the receiver's RSS from 1,000 to this many instances"
     )
     args = parser.parse_args(argv)
+    require_broker()
     round_count = max(1, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="bench-receiver-", dir=ROOT / "state" if (ROOT / "state").is_dir() else None))
     try:

@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-bytes", type=int, default=10 * 1024)
     parser.add_argument("--no-fsync", action="store_true")
     args = parser.parse_args(argv)
+    bench.require_broker()
     work = Path(tempfile.mkdtemp(prefix="profile-receiver-"))
     try:
         files = bench.make_set(work / "set", args.instances, args.pixel_bytes)
