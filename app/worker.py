@@ -95,14 +95,29 @@ def for_faust_cli(settings: Settings, build: Callable[[], _W]) -> _W:
     """The worker ``build`` makes, for ``faust -A app.worker:app worker``, with what ``studystream
     worker`` prepares before Faust starts: StudyStream's logging (from the first line), the topics, the
     state directory Faust makes the table directory in, the worker's start and stop lines."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    return prepare_worker(settings, build)
+
+
+def prepare_worker(settings: Settings, build: Callable[[], _W], level: str | None = None) -> _W:
+    """What both ways of starting a worker do before Faust starts: StudyStream's logging at ``level`` (from
+    the first line, and again in Faust's own setup), the topics, the worker ``build`` makes, with the worker's
+    start and stop lines."""
+    from aiokafka.errors import KafkaError
+
     from adapters.log_setup import configure_logging, dict_config
     from adapters.topics import ensure_topics
+    from domain.errors import ConfigurationError
 
-    configure_logging(settings, "worker")
-    ensure_topics(settings)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    configure_logging(settings, "worker", level)
+    try:
+        ensure_topics(settings)
+    except KafkaError as exc:
+        raise ConfigurationError(
+            f"cannot reach Kafka at {settings.broker_url} ({exc}); `studystream stack up` starts the local one"
+        ) from exc
     worker = build()
-    worker.app.conf.logging_config = dict_config(settings, "worker")  # Faust installs it again when it starts
+    worker.app.conf.logging_config = dict_config(settings, "worker", level)
     worker.app.conf.Worker = worker_class(settings)
     return worker
 
@@ -124,11 +139,7 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None,
     if any(arg in ("-h", "--help") for arg in args):
         _help()
         return
-    from aiokafka.errors import KafkaError
-
     from adapters.control import read_control
-    from adapters.log_setup import configure_logging, dict_config
-    from adapters.topics import ensure_topics
     from app.stream_app import build_worker
     from domain.errors import ConfigurationError
     from domain.log_levels import parse_level
@@ -138,16 +149,7 @@ def run_worker(settings: Settings, args: list[str], datadir: Path | None = None,
         level = parse_level(log_level or faust_level or settings.log_level)
     except ValueError as exc:
         raise ConfigurationError(f"--log-level: {exc}") from None
-    configure_logging(settings, "worker", level)  # Faust installs the same setup again when it starts
-    try:
-        ensure_topics(settings)
-    except KafkaError as exc:
-        raise ConfigurationError(
-            f"cannot reach Kafka at {settings.broker_url} ({exc}); `studystream stack up` starts the local one"
-        ) from exc
-    worker = build_worker(settings, read_control(settings))
-    worker.app.conf.logging_config = dict_config(settings, "worker", level)
-    worker.app.conf.Worker = worker_class(settings)
+    worker = prepare_worker(settings, lambda: build_worker(settings, read_control(settings)), level)
     datadir = datadir or worker_datadir(settings, args)
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     log.info(
