@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +70,7 @@ class Publisher:
         self._before_publish = before_publish
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
-        self._stopping = threading.Event()
-        self._stopped: asyncio.Event | None = None  # the loop's view of _stopping: ends a back-off
+        self._stopping = asyncio.Event()  # set by stop(); ends a back-off
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.quarantine_depth = 0
@@ -82,7 +80,6 @@ class Publisher:
         """Run in the receiver's event loop (the caller's), beside the associations."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._stopped = asyncio.Event()
         self.outbox.on_release(self.notify)
         self._task = asyncio.create_task(self._main(), name="receiver-publisher")
 
@@ -101,8 +98,6 @@ class Publisher:
     async def stop(self, timeout: float) -> None:
         """Publish what is publishable (within ``timeout``), then stop."""
         self._stopping.set()
-        if self._stopped is not None:
-            self._stopped.set()
         self.notify()
         if self._task is not None:
             try:
@@ -153,9 +148,8 @@ class Publisher:
         """Wait ``seconds`` after a failed round, or until stopping. New events do not end the wait: they do not
         bring the broker back. (Ended by each release, the wait became one connection attempt and one warning
         per stored instance while the broker was away: about 80 a second under load.)"""
-        assert self._stopped is not None
         try:
-            await asyncio.wait_for(self._stopped.wait(), seconds)
+            await asyncio.wait_for(self._stopping.wait(), seconds)
         except TimeoutError:
             pass
 

@@ -4,7 +4,6 @@ the round fails, a row refused for good is quarantined, and nothing acknowledged
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from app.settings import Settings
 from scp.metrics import ReceiverMetrics
 from scp.outbox import Outbox, list_quarantine, retry_quarantine
 from scp.publisher import Publisher
+from tests.conftest import free_port
 
 
 class ScriptedProducer:
@@ -106,18 +106,12 @@ def test_a_row_whose_delete_fails_neither_publishes_nor_blocks_its_study(tmp_pat
     outbox.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _publishing_to_nobody(tmp_path: Path, retry: float) -> tuple[Outbox, ReceiverMetrics, Publisher]:
     """A started publisher with one waiting row, its broker a closed port, its back-off ``retry`` seconds."""
     outbox = outbox_with(tmp_path, [b"waiting"])
     metrics = ReceiverMetrics()
     settings = Settings(
-        broker_url=f"kafka://127.0.0.1:{_closed_port()}",
+        broker_url=f"kafka://127.0.0.1:{free_port()}",
         receiver_publish_retry_initial=retry,
         receiver_publish_retry_max=retry,
         receiver_publish_timeout=2.0,
