@@ -50,15 +50,10 @@ def require_broker() -> None:
     """Exit unless the broker the receiver publishes to answers: without one its events only wait in the
     outbox (an outage, not the steady state these benches measure) and publish lag is not measurable."""
     from app.settings import Settings
+    from infra.stack import kafka_healthy
 
-    for server in Settings().bootstrap_servers:
-        host, _, port = server.rpartition(":")
-        try:
-            with socket.create_connection((host or "localhost", int(port)), timeout=2):
-                return
-        except OSError:
-            continue
-    sys.exit("no Kafka broker answers (start the local one: `studystream stack up`)")
+    if not kafka_healthy(Settings()):
+        sys.exit("no Kafka broker answers (start the local one: `studystream stack up`)")
 
 
 def free_port() -> int:
