@@ -7,6 +7,10 @@ costs): inst/s, MB/s and peak RSS per receiver for 1 association in 1 process, 4
 in 2 processes, and the ratios beside the goals: with one association c/a >= 0.25 on both sets and
 c/b >= 2.5; with 4 associations in 2 processes c/a >= 0.2 on the 10 KB set. The receivers take turns
 (a b c d, ``--rounds`` times) and each line is the median round, with the range of all rounds after it.
+
+``--reference`` adds (e), ``bench/minimal_scp.py`` with fsync: the issue's reference design (fragments to
+a temporary file, fsync, rename, response; nothing else), run in the same rounds. e/b bounds what c/b
+can reach with fsync on this machine's disk, and c/e is how close the receiver comes to that bound.
 """
 
 from __future__ import annotations
@@ -172,6 +176,9 @@ def start_scp(kind: str, out: Path, associations: int, processes: int) -> ScpRun
         called = "ANY-SCP"
     elif kind == "b":
         argv = [sys.executable, "-c", BARE_SCP, str(port), str(out)]
+    elif kind == "e":  # the issue's reference design, fsync on: the bound of what (c) can reach
+        argv = [sys.executable, str(ROOT / "bench" / "minimal_scp.py"), str(port), str(out)]
+        env["PYTHONPATH"] = str(ROOT)
     else:  # "c": the receiver; "d": the receiver without fsync (shows what durability costs)
         env = receiver_env(out / "state", processes, fsync=kind != "d")
         argv = [
@@ -292,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="rounds per receiver, interleaved a b c d a b c d ...; medians printed"
     )
     parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run (e), bench/minimal_scp.py with fsync: the least an asyncio SCP does, so e/b bounds c/b",
+    )
+    parser.add_argument(
         "--rss-instances", type=int, default=0, help="also measure the receiver's RSS from 1,000 to this many instances"
     )
     args = parser.parse_args(argv)
@@ -312,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, files in sets.items():
                 if not files:
                     continue
-                rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in "abcd"}
+                kinds = "abcde" if args.reference else "abcd"
+                rounds: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
                 for _ in range(round_count):
-                    for kind in "abcd":
+                    for kind in kinds:
                         rounds[kind].append(run_one(kind, files, associations, work, processes))
                 results = {kind: median_round(runs) for kind, runs in rounds.items()}
                 for kind, r in results.items():
@@ -332,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
                     goals = [f"c/a >= 0.25: {verdict(ca >= 0.25)}", f"c/b >= 2.5: {verdict(cb >= 2.5)}"]
                 elif processes >= 2 and name == "10KB":
                     goals = [f"c/a >= 0.2: {verdict(ca >= 0.2)}"]
+                reference = ""
+                if args.reference:
+                    eb = results["e"]["inst_s"] / results["b"]["inst_s"]
+                    ce = results["c"]["inst_s"] / results["e"]["inst_s"]
+                    reference = f"   (reference e/b = {eb:.2f}, c/e = {ce:.2f})"
                 print(
                     f"{name:6} {associations:>5} {processes:>4}   c/a = {ca:.2f}   c/b = {cb:.2f}   "
-                    f"{'   '.join(goals)}   (no-fsync d/b = {db:.2f})"
+                    f"{'   '.join(goals)}   (no-fsync d/b = {db:.2f}){reference}"
                 )
         if args.rss_instances:
             rss_growth(args.rss_instances, work)

@@ -1,0 +1,120 @@
+"""The issue's reference receiver: the least an asyncio C-STORE SCP can do, to bound what ours can reach.
+
+    .venv/bin/python bench/minimal_scp.py PORT OUT_DIR [--no-fsync]
+
+One event loop; association set-up through pynetdicom's ``negotiate_as_acceptor`` (by way of
+:func:`scp.negotiation.negotiate`), command sets with the receiver's hand-written codec; each C-STORE's
+fragments are written to a temporary file as they arrive, the file is fsynced (unless ``--no-fsync``)
+and renamed, then the response is sent. No header parse, no outbox, no publish, no limits, no timeouts:
+a bench peer only, never a receiver. It gives every shortcut to the benchmark's side, so a ratio it
+cannot reach is one the receiver (which must also commit an outbox row durably) cannot reach either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import sys
+from pathlib import Path
+
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+from scp import dimse, pdu
+from scp.negotiation import Accepted, CallingAllowlist, Offer, negotiate, supported_contexts
+
+
+class MinimalAssociation:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: Path, fsync: bool) -> None:
+        self.reader, self.writer, self.out, self.fsync = reader, writer, out, fsync
+        self.command = bytearray()
+        self.pending: dimse.Command | None = None
+        self.file: int | None = None
+        self.temp: Path | None = None
+        self.names = 0
+
+    async def run(self, offer: Offer) -> None:
+        pdu_type, _, length = struct.unpack(">BBL", await self.reader.readexactly(6))
+        body = await self.reader.readexactly(length)
+        request = A_ASSOCIATE_RQ()
+        request.decode(struct.pack(">BBL", pdu_type, 0, length) + body)
+        accepted = negotiate(request, offer, "127.0.0.1", False)
+        self.writer.write(accepted.pdu)
+        if not isinstance(accepted, Accepted):
+            return
+        while True:
+            pdu_type, _, length = struct.unpack(">BBL", await self.reader.readexactly(6))
+            body = await self.reader.readexactly(length)
+            if pdu_type == pdu.A_RELEASE_RQ:
+                self.writer.write(pdu.release_rp())
+                await self.writer.drain()
+                return
+            if pdu_type != pdu.P_DATA_TF:
+                return
+            start = 0
+            while start < len(body):
+                item_length, context_id, control = struct.unpack(">LBB", body[start : start + 6])
+                fragment = body[start + 6 : start + 4 + item_length]
+                start += 4 + item_length
+                await self.pdv(context_id, control, fragment)
+
+    async def pdv(self, context_id: int, control: int, fragment: bytes) -> None:
+        is_command, is_last = bool(control & 1), bool(control & 2)
+        if is_command:
+            self.command += fragment
+            if not is_last:
+                return
+            command = dimse.decode_command(bytes(self.command))
+            self.command = bytearray()
+            if int(command.CommandField) == dimse.C_ECHO_RQ:
+                await self.respond(context_id, dimse.response(dimse.C_ECHO_RSP, command, 0))
+                return
+            self.pending = command
+            self.names += 1
+            self.temp = self.out / f".{id(self)}-{self.names}.part"
+            self.file = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            return
+        assert self.file is not None and self.pending is not None and self.temp is not None
+        os.write(self.file, fragment)
+        if not is_last:
+            return
+        if self.fsync:
+            os.fsync(self.file)
+        os.close(self.file)
+        command, self.pending, self.file = self.pending, None, None
+        os.replace(self.temp, self.out / f"{str(command.AffectedSOPInstanceUID).strip()}.dcm")
+        await self.respond(context_id, dimse.response(dimse.C_STORE_RSP, command, 0))
+
+    async def respond(self, context_id: int, command: bytes) -> None:
+        self.writer.write(pdu.p_data(context_id, True, True, command))
+        await self.writer.drain()
+
+
+async def serve(port: int, out: Path, fsync: bool) -> None:
+    offer = Offer("STUDYSTREAM", CallingAllowlist.parse(""), 131072, supported_contexts(), require_called_ae=False)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await MinimalAssociation(reader, writer, out, fsync).run(offer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str]) -> int:
+    port, out = int(argv[0]), Path(argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(serve(port, out, fsync="--no-fsync" not in argv))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
