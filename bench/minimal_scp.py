@@ -1,6 +1,6 @@
 """The issue's reference receiver: the least an asyncio C-STORE SCP can do, to bound what ours can reach.
 
-    .venv/bin/python bench/minimal_scp.py PORT OUT_DIR [--no-fsync]
+    .venv/bin/python bench/minimal_scp.py PORT OUT_DIR [--no-fsync] [--sha256]
 
 One event loop; association set-up through pynetdicom's ``negotiate_as_acceptor`` (by way of
 :func:`scp.negotiation.negotiate`), command sets with the receiver's hand-written codec; each C-STORE's
@@ -8,11 +8,16 @@ fragments are written to a temporary file as they arrive, the file is fsynced (u
 and renamed, then the response is sent. No header parse, no outbox, no publish, no limits, no timeouts:
 a bench peer only, never a receiver. It gives every shortcut to the benchmark's side, so a ratio it
 cannot reach is one the receiver (which must also commit an outbox row durably) cannot reach either.
+
+``--sha256`` adds the one piece of the receiver's own work that grows with the dataset: the SHA-256 of
+its bytes as they arrive (the receiver needs it to recognise a duplicate, for the event, and to check a
+file after a crash).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import struct
 import sys
@@ -25,8 +30,11 @@ from scp.negotiation import Accepted, CallingAllowlist, Offer, negotiate, suppor
 
 
 class MinimalAssociation:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: Path, fsync: bool) -> None:
-        self.reader, self.writer, self.out, self.fsync = reader, writer, out, fsync
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: Path, fsync: bool, sha256: bool
+    ) -> None:
+        self.reader, self.writer, self.out, self.fsync, self.sha256 = reader, writer, out, fsync, sha256
+        self.digest = hashlib.sha256()
         self.command = bytearray()
         self.pending: dimse.Command | None = None
         self.file: int | None = None
@@ -70,12 +78,15 @@ class MinimalAssociation:
                 await self.respond(context_id, dimse.response(dimse.C_ECHO_RSP, command, 0))
                 return
             self.pending = command
+            self.digest = hashlib.sha256()
             self.names += 1
             self.temp = self.out / f".{id(self)}-{self.names}.part"
             self.file = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             return
         assert self.file is not None and self.pending is not None and self.temp is not None
         os.write(self.file, fragment)
+        if self.sha256:
+            self.digest.update(fragment)
         if not is_last:
             return
         if self.fsync:
@@ -90,12 +101,12 @@ class MinimalAssociation:
         await self.writer.drain()
 
 
-async def serve(port: int, out: Path, fsync: bool) -> None:
+async def serve(port: int, out: Path, fsync: bool, sha256: bool) -> None:
     offer = Offer("STUDYSTREAM", CallingAllowlist.parse(""), 131072, supported_contexts(), require_called_ae=False)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await MinimalAssociation(reader, writer, out, fsync).run(offer)
+            await MinimalAssociation(reader, writer, out, fsync, sha256).run(offer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -110,7 +121,7 @@ def main(argv: list[str]) -> int:
     port, out = int(argv[0]), Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(serve(port, out, fsync="--no-fsync" not in argv))
+        asyncio.run(serve(port, out, fsync="--no-fsync" not in argv, sha256="--sha256" in argv))
     except KeyboardInterrupt:
         pass
     return 0
