@@ -22,6 +22,7 @@ import os
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
@@ -34,41 +35,40 @@ class MinimalAssociation:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: Path, fsync: bool, sha256: bool
     ) -> None:
         self.reader, self.writer, self.out, self.fsync, self.sha256 = reader, writer, out, fsync, sha256
-        self.digest = hashlib.sha256()
+        self.digest: Any = None  # hashlib's SHA-256 of the dataset being received, with --sha256
         self.command = bytearray()
         self.pending: dimse.Command | None = None
         self.file: int | None = None
         self.temp: Path | None = None
         self.names = 0
 
-    async def run(self, offer: Offer) -> None:
+    async def next_pdu(self) -> tuple[int, bytes]:
+        """(type, variable field) of the next PDU, read whole (no bound, no timeout: a bench peer)."""
         pdu_type, _, length = struct.unpack(">BBL", await self.reader.readexactly(6))
-        body = await self.reader.readexactly(length)
+        return pdu_type, await self.reader.readexactly(length)
+
+    async def run(self, offer: Offer) -> None:
+        pdu_type, body = await self.next_pdu()
         request = A_ASSOCIATE_RQ()
-        request.decode(struct.pack(">BBL", pdu_type, 0, length) + body)
+        request.decode(pdu.pdu(pdu_type, body))
         accepted = negotiate(request, offer, "127.0.0.1", False)
         self.writer.write(accepted.pdu)
         if not isinstance(accepted, Accepted):
             return
         while True:
-            pdu_type, _, length = struct.unpack(">BBL", await self.reader.readexactly(6))
-            body = await self.reader.readexactly(length)
+            pdu_type, body = await self.next_pdu()
             if pdu_type == pdu.A_RELEASE_RQ:
                 self.writer.write(pdu.release_rp())
                 await self.writer.drain()
                 return
             if pdu_type != pdu.P_DATA_TF:
                 return
-            start = 0
-            while start < len(body):
-                item_length, context_id, control = struct.unpack(">LBB", body[start : start + 6])
-                fragment = body[start + 6 : start + 4 + item_length]
-                start += 4 + item_length
-                await self.pdv(context_id, control, fragment)
+            for header, start in pdu.pdv_items_in(body):
+                await self.pdv(header, body[start : start + header.length])
 
-    async def pdv(self, context_id: int, control: int, fragment: bytes) -> None:
-        is_command, is_last = bool(control & 1), bool(control & 2)
-        if is_command:
+    async def pdv(self, header: pdu.PdvHeader, fragment: bytes) -> None:
+        context_id, is_last = header.context_id, header.is_last
+        if header.is_command:
             self.command += fragment
             if not is_last:
                 return
@@ -78,14 +78,14 @@ class MinimalAssociation:
                 await self.respond(context_id, dimse.response(dimse.C_ECHO_RSP, command, 0))
                 return
             self.pending = command
-            self.digest = hashlib.sha256()
+            self.digest = hashlib.sha256() if self.sha256 else None
             self.names += 1
             self.temp = self.out / f".{id(self)}-{self.names}.part"
             self.file = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             return
         assert self.file is not None and self.pending is not None and self.temp is not None
         os.write(self.file, fragment)
-        if self.sha256:
+        if self.digest is not None:
             self.digest.update(fragment)
         if not is_last:
             return

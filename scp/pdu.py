@@ -114,7 +114,7 @@ class PduReader:
         if length <= WHOLE_PDU:
             # One read for the whole PDU (the usual case): each read costs a timeout and a few awaits.
             body = await self._exactly(length)
-            for header, start in _pdv_items_in(body):
+            for header, start in pdv_items_in(body):
                 yield header, _one(body[start : start + header.length])
             return
         remaining = length
@@ -145,7 +145,7 @@ def _pdv_header(raw: bytes, room: int) -> PdvHeader:
     return PdvHeader(context_id, bool(control & 1), bool(control & 2), item_length - 2)
 
 
-def _pdv_items_in(body: bytes) -> list[tuple[PdvHeader, int]]:
+def pdv_items_in(body: bytes) -> list[tuple[PdvHeader, int]]:
     """Every PDV item of a P-DATA-TF body held in memory, with where its fragment starts, checked up front
     (as the streamed path would find them, but before any fragment is handed on)."""
     items, offset = [], 0
